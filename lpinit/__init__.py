@@ -1,0 +1,23 @@
+"""lpinit: initialize ReLU networks with a per-layer linear program so that
+fewer ReLUs output zero on real data, and measure whether that helps."""
+
+from lpinit.counting import ReluCount, ReluZeros, SiteZeros, count_relu_zeros
+from lpinit.data import MNIST_MEAN, MNIST_STD, load_mnist
+from lpinit.models import SeedMLP, mlp, seed_mlp
+from lpinit.validation import DataIntegrityError, LPInitError, SolverError
+
+__all__ = [
+    "count_relu_zeros",
+    "ReluZeros",
+    "SiteZeros",
+    "ReluCount",
+    "load_mnist",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "seed_mlp",
+    "SeedMLP",
+    "mlp",
+    "LPInitError",
+    "SolverError",
+    "DataIntegrityError",
+]

@@ -1,0 +1,73 @@
+"""Input checks and error types, in one place.
+
+Messages follow scikit-learn's habit: say what was expected, what arrived,
+and how to fix it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LPInitError(RuntimeError):
+    """Base class for errors raised by lpinit beyond bad arguments."""
+
+
+class SolverError(LPInitError):
+    """A linear program could not be solved to a usable solution."""
+
+
+class DataIntegrityError(LPInitError):
+    """A bundled data file is missing or does not match its checksum."""
+
+
+def check_data_tensor(data, name: str = "data") -> torch.Tensor:
+    """Return ``data`` if it is a non-empty, finite, floating tensor of samples.
+
+    Raises TypeError for a non-tensor or a non-floating dtype and ValueError
+    for an empty tensor, a 0-d tensor, or NaN/inf entries.
+    """
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(
+            f"Expected {name} to be a torch.Tensor of samples (first dimension = "
+            f"samples), got {type(data).__name__}. Convert it with torch.as_tensor(...)."
+        )
+    if not data.is_floating_point():
+        raise TypeError(
+            f"Expected {name} to have a floating dtype, got {data.dtype}. "
+            f"Convert it with {name}.float() (and normalize it as for training)."
+        )
+    if data.dim() < 1 or data.shape[0] == 0:
+        raise ValueError(
+            f"Expected {name} with at least one sample (shape (n, ...), n >= 1), "
+            f"got shape {tuple(data.shape)}. Pass a non-empty batch."
+        )
+    if not torch.isfinite(data).all():
+        bad = int((~torch.isfinite(data)).sum())
+        raise ValueError(
+            f"Expected finite {name}, got {bad} NaN or inf entries in a tensor of shape "
+            f"{tuple(data.shape)}. Remove or impute those samples first."
+        )
+    return data
+
+
+def check_choice(value, choices, name: str):
+    """Return ``value`` if it is one of ``choices``; otherwise list the valid ones."""
+    if value not in choices:
+        valid = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"Unknown {name} {value!r}. Valid choices: {valid}.")
+    return value
+
+
+def check_non_negative(value, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number >= 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"Expected {name} to be a number >= 0, got {value!r}.") from None
+    if not number >= 0 or number == float("inf"):
+        raise ValueError(
+            f"Expected {name} to be a finite number >= 0, got {value!r}. "
+            f"Pass e.g. {name}=0.1."
+        )
+    return number
