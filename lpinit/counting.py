@@ -128,7 +128,7 @@ def _batches(data, batch_size: int) -> Iterable[torch.Tensor]:
         check_data_tensor(data)
         yield from torch.split(data, batch_size)
         return
-    if not isinstance(data, Iterable):
+    if not isinstance(data, Iterable) or isinstance(data, (str, bytes)):
         raise TypeError(
             "Expected data as a tensor of samples, an (inputs, labels) pair, or an "
             f"iterable of batches (e.g. a DataLoader), got {type(data).__name__}."
@@ -139,12 +139,18 @@ def _batches(data, batch_size: int) -> Iterable[torch.Tensor]:
         yield check_data_tensor(batch, "batch")
 
 
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    if tensor.dtype not in (torch.float32, torch.float64):
+        tensor = tensor.float()  # e.g. half or bfloat16, which numpy lacks
+    return tensor.detach().cpu().numpy()
+
+
 class _Tally:
     """Accumulates per-site zero counts and packed activation patterns."""
 
     def __init__(self, patterns: bool):
         self.patterns = patterns
-        self.per_unit: list[torch.Tensor] = []  # one (units,) int64 tensor per site
+        self.per_unit: list[np.ndarray] = []  # one (units,) int64 array per site
         self.packed: list[np.ndarray] = []  # one (batch, bytes) array per batch
         self.calls: list[ReluCall] | None = None  # the first batch's sites, for names
         self.samples = 0
@@ -152,29 +158,29 @@ class _Tally:
     def add(self, calls: list[ReluCall], batch_size: int) -> None:
         if self.calls is None:
             self.calls = calls
-            self.per_unit = [torch.zeros(c.output[0].numel(), dtype=torch.int64) for c in calls]
+            self.per_unit = [np.zeros(c.output[0].numel(), dtype=np.int64) for c in calls]
         elif len(calls) != len(self.calls):
             raise ValueError(
                 f"Expected every forward pass to apply the same ReLUs, but one applied "
                 f"{len(calls)} and the first {len(self.calls)}. Counting needs a model "
                 "whose ReLU sites do not depend on the batch."
             )
-        masks = []
+        active = []
         for i, call in enumerate(calls):
-            zero = call.output.reshape(batch_size, -1) == 0
-            self.per_unit[i] += zero.sum(0).cpu()
+            # numpy's single-threaded reductions beat torch's on these small
+            # (batch, units) arrays, and avoid thread hand-offs on a busy machine.
+            out = _as_numpy(call.output.reshape(batch_size, -1))
+            self.per_unit[i] += batch_size - np.count_nonzero(out, axis=0)
             if self.patterns:
-                masks.append(zero)
+                active.append(out > 0)
         if self.patterns:
-            active = ~torch.cat(masks, dim=1)
-            self.packed.append(np.packbits(active.cpu().numpy(), axis=1))
+            self.packed.append(np.packbits(np.concatenate(active, axis=1), axis=1))
         self.samples += batch_size
 
     def result(self) -> ReluZeros:
         names = site_names(self.calls)
         sites = []
         for name, per_unit in zip(names, self.per_unit):
-            per_unit = per_unit.numpy()
             sites.append(
                 SiteZeros(name, int(per_unit.sum()), per_unit.size * self.samples, per_unit, self.samples)
             )

@@ -1,0 +1,8 @@
+"""The comparison harness: does an initialization with fewer ReLU zeros train better?
+
+Entry point: ``python -m experiments.compare --preset quick|seed|full``.
+Modules, one concept each: ``settings`` (flags and presets), ``inits`` (named
+initializations), ``data`` (the fixed splits), ``train`` (the training loop),
+``measure`` (one run: init, measure, train), ``runner`` (resumable, parallel
+runs), ``stats``, ``plots``, ``report``, ``bench_training``.
+"""
