@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpinit.tracing import ReluCall, site_names, watch_relus
-from lpinit.validation import check_data_tensor
+from lpinit.validation import check_data_tensor, run_model
 
 
 @dataclass
@@ -231,7 +231,7 @@ def count_relu_zeros(
             for batch in _batches(data, batch_size):
                 calls.clear()
                 batch = batch.to(device)
-                _forward(model, batch)
+                run_model(model, batch)
                 if not calls:
                     raise ValueError(
                         f"Expected a model that applies at least one ReLU, got a "
@@ -244,18 +244,6 @@ def count_relu_zeros(
     if tally.samples == 0:
         raise ValueError("Expected at least one sample in data, got an empty iterable of batches.")
     return tally.result()
-
-
-def _forward(model: nn.Module, batch: torch.Tensor) -> None:
-    try:
-        model(batch)
-    except RuntimeError as err:
-        first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
-        hint = f" Its first Linear layer expects {first.in_features} features." if first else ""
-        raise ValueError(
-            f"The model could not run on a batch of shape {tuple(batch.shape)} "
-            f"(dtype {batch.dtype}): {err}.{hint} Reshape the data to what the model takes."
-        ) from err
 
 
 class ReluCount(nn.ReLU):

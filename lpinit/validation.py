@@ -7,6 +7,7 @@ and how to fix it.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 class LPInitError(RuntimeError):
@@ -73,3 +74,17 @@ def check_non_negative(value, name: str) -> float:
             f"Pass e.g. {name}=0.1."
         )
     return number
+
+
+def run_model(model: nn.Module, batch: torch.Tensor):
+    """``model(batch)``, with a shape or dtype mismatch turned into a ValueError
+    that names the batch's shape and the features the model expects."""
+    try:
+        return model(batch)
+    except RuntimeError as err:
+        first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
+        hint = f" Its first Linear layer expects {first.in_features} features." if first else ""
+        raise ValueError(
+            f"The model could not run on a batch of shape {tuple(batch.shape)} "
+            f"(dtype {batch.dtype}): {err}.{hint} Reshape the data to what the model takes."
+        ) from err
