@@ -502,7 +502,7 @@ def _summary(algebra_ok: bool | None, survival: str, findings) -> str:
     parts.append(survival)
     if findings:
         more = sum(d == "more stable" for d, _ in findings)
-        solid = sum(d == "more stable" and c for d, c in findings)
+        solid = sum(d == "more stable" and c is True for d, c in findings)
         parts.append(
             f"fewer zeros went with a more stable pattern in {more} of {len(findings)} comparisons "
             f"({solid} beyond the seed spread)"

@@ -318,3 +318,18 @@ def mnist_test_images():
 
     images, _ = load_mnist(train=False)
     return images[:8]
+
+
+def test_stability_section_with_one_seed_per_init():
+    """One seed per init gives no spread to judge by; the verdict must say so, not crash."""
+    from experiments.stability import measure_stability, stability_section
+
+    records = []
+    for init, seed in (("a", 0), ("b", 1)):
+        model = random_net((16, 12, 8, 4), seed=30 + seed)
+        images = torch.randn(16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        rows = measure_stability(model, images, n_samples=16, n_perturbations=1,
+                                 generator=torch.Generator().manual_seed(seed))
+        records += [{**r, "init": init, "stage": "init", "seed": seed, "arch": "tiny"} for r in rows]
+    text = stability_section(records)
+    assert "one seed each" in text and "(0 beyond the seed spread)" in text
