@@ -96,6 +96,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def _field_type(f: dataclasses.Field):
     hints = typing.get_type_hints(Settings)
     return hints[f.name]
@@ -113,15 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.compare",
         description="Compare initializations of ReLU MLPs on MNIST: initial ReLU zeros vs training.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="presets (flags override them): " + "; ".join(
+            f"{name}: " + ", ".join(f"{k}={_show(v)}" for k, v in values.items())
+            for name, values in PRESETS.items()
+        ),
     )
     defaults = Settings()
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
         tp = _field_type(f)
         default = getattr(defaults, f.name)
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        kwargs = dict(dest=f.name, default=None, help=f"{f.metadata['help']} (class default: {shown})")
+        shown = _show(default)
+        kwargs = dict(dest=f.name, default=None, help=f"{f.metadata['help']} (default without a preset: {shown})")
         if f.name == "preset":
             kwargs["choices"] = sorted(PRESETS)
         else:
