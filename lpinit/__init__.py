@@ -3,6 +3,7 @@ fewer ReLUs output zero on real data, and measure whether that helps."""
 
 from lpinit.counting import ReluCount, ReluZeros, SiteZeros, count_relu_zeros
 from lpinit.data import MNIST_MEAN, MNIST_STD, load_mnist
+from lpinit.initialize import LayerReport, LPInitReport, lp_initialize
 from lpinit.models import SeedMLP, mlp, seed_mlp
 from lpinit.theory import (
     activation_pattern,
@@ -14,6 +15,9 @@ from lpinit.theory import (
 from lpinit.validation import DataIntegrityError, LPInitError, SolverError
 
 __all__ = [
+    "lp_initialize",
+    "LPInitReport",
+    "LayerReport",
     "count_relu_zeros",
     "ReluZeros",
     "SiteZeros",

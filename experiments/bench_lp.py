@@ -1,0 +1,203 @@
+"""Benchmark: the per-layer LPs of the seed MLP, solved three ways, side by side.
+
+The seed MLP (784-750-320-50-10, PyTorch default init, seed 0) and a batch of
+MNIST training images (256, drawn with --seed). Each layer's input H comes from
+one forward pass through the unmodified network: the LPs have the sizes and
+structure they have inside ``lp_initialize``, where earlier layers are updated
+first. Bounds: ``rho_w = 0.1 / sqrt(d_in)``, ``rho_b = m = 0.1 std(H W^T + b)``.
+
+Timed, over all 1,130 units:
+  (i)   cvxpy, the problem rebuilt for every unit (what one writes first);
+  (ii)  cvxpy with ``r`` a Parameter, compiled once per layer (``solver="cvxpy"``);
+  (iii) the fast path (``solver="highs"``) as ``lp_initialize`` calls it by
+        default (all cores as processes), on its first call (processes
+        starting) and again (processes running); then in one process, and
+        with joblib's threading backend;
+and HiGHS's own time inside the fast path, the floor. (i) and (ii) take a
+fraction of a second per unit, so they are timed on the first
+--reference-units units of each layer and extrapolated in proportion to the
+layer's units (for (ii) this spreads its one-time compile over all units: a
+slight overestimate).
+
+Goals on 2 cores: (iii) >= 20x faster than (i), under 10 s for the whole MLP,
+>= 90% of its wall time inside HiGHS. The share inside HiGHS is the sum over
+units of the time spent in HiGHS calls, divided by the sum over layers of
+(wall time x workers used).
+
+    python -m experiments.bench_lp [--jobs 2] [--reference-units 10] [--warm-start-too]
+    python -m experiments.bench_lp --skip-reference --batch-sizes 128,256,512,1024,2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import cvxpy as cp
+import numpy as np
+import torch
+from joblib import cpu_count, parallel_config
+from torch import nn
+
+from lpinit import load_mnist, seed_mlp
+from lpinit.lp import Layer, solve_layer
+
+
+def layer_inputs(model: nn.Module, images: torch.Tensor) -> list[tuple]:
+    """``(name, H, W, b)`` of every Linear layer, H recorded in one forward pass."""
+    inputs = {}
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0]))
+        for name, m in linears
+    ]
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    return [(name, _numpy(inputs[name]), _numpy(m.weight), _numpy(m.bias)) for name, m in linears]
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().double().numpy()
+
+
+def benchmark_bounds(H, W, b) -> dict[str, float]:
+    spread = float((H @ W.T + b).std())
+    return dict(weight_bound=0.1 / math.sqrt(H.shape[1]), bias_bound=0.1 * spread, margin=0.1 * spread)
+
+
+def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin) -> tuple[float, np.ndarray]:
+    """(i): a new cvxpy problem for every unit. Returns seconds and objectives."""
+    start = time.perf_counter()
+    objectives = []
+    for w, bias in zip(W, b):
+        d, e, s = cp.Variable(H.shape[1]), cp.Variable(), cp.Variable(H.shape[0], nonneg=True)
+        box = [cp.abs(d) <= weight_bound, cp.abs(e) <= bias_bound]
+        problem = cp.Problem(cp.Minimize(cp.sum(s)), [H @ (w + d) + bias + e + s >= margin, *box])
+        problem.solve(solver=cp.HIGHS)
+        objectives.append(problem.value if problem.status == cp.OPTIMAL else np.nan)
+    return time.perf_counter() - start, np.array(objectives)
+
+
+def fast_path(layers, jobs, backend="loky", **options) -> list[tuple]:
+    """(iii) on every layer in turn: ``[(name, LayerSolution)]``."""
+    with parallel_config(backend=backend):
+        return [(name, solve_layer(H, W, b, n_jobs=jobs, **options, **benchmark_bounds(H, W, b)))
+                for name, H, W, b in layers]
+
+
+def summarize(results) -> dict[str, float]:
+    wall = sum(s.wall_time_s for _, s in results)
+    inside = sum(s.solver_time_s.sum() for _, s in results)
+    capacity = sum(s.wall_time_s * s.workers for _, s in results)
+    return dict(wall_s=wall, highs_s=inside, share=inside / capacity)
+
+
+def print_layers(layers, results) -> None:
+    """What the reductions left of each layer's LPs, and how the units went."""
+    for (name, H, W, b), (_, s) in zip(layers, results):
+        layer = Layer.from_input(H, benchmark_bounds(H, W, b)["weight_bound"], 0.0)
+        no_run = int(((s.iterations == 0) & (s.solver_time_s == 0)).sum())
+        counts = ", ".join(f"{k} {v}" for k, v in s.status_counts().items())
+        print(f"    {name}: {len(s.status)} units; the LP keeps {layer.free.sum()} of {H.shape[1]} weights "
+              f"and {layer.S.nnz} of their {np.count_nonzero(H[:, layer.free])} nonzeros; "
+              f"{no_run} units need no HiGHS run; {s.iterations.mean():.1f} iterations/unit; "
+              f"workers {s.workers}, {s.wall_time_s:.2f} s; re-solved {s.resolves}; {counts}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=256, help="MNIST training images per batch")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batch draw")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="workers for the fast path (default: all cores)")
+    parser.add_argument("--reference-units", type=int, default=10,
+                        help="units per layer timed for (i) and (ii), extrapolated to all units")
+    parser.add_argument("--skip-reference", action="store_true", help="time the fast path only")
+    parser.add_argument("--warm-start-too", action="store_true",
+                        help="also time the fast path with warm_start=True, in one process (~12 s)")
+    parser.add_argument("--batch-sizes", type=str, default="",
+                        help="comma-separated batch sizes to time the fast path on, e.g. 128,256,512")
+    parser.add_argument("--json", type=str, default="",
+                        help="also write the settings and figures to this file")
+    args = parser.parse_args()
+    jobs = args.jobs or cpu_count()
+
+    torch.manual_seed(args.seed)
+    model = seed_mlp().eval()
+    images, _ = load_mnist(train=True)
+    draw = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(args.seed))
+    layers = layer_inputs(model, images[draw[: args.batch_size]])
+    units = sum(W.shape[0] for _, _, W, _ in layers)
+    print(f"seed MLP (default init, seed {args.seed}), {args.batch_size} MNIST training images, "
+          f"{units} units in {len(layers)} layers, {jobs} workers for the fast path")
+    record = dict(settings=vars(args) | {"jobs": jobs})
+
+    first_label, again_label = f"processes ({jobs}), first call", f"processes ({jobs}), running"
+    runs = {first_label: fast_path(layers, jobs), again_label: fast_path(layers, jobs)}
+    runs["one process (n_jobs=1)"] = fast_path(layers, 1)
+    runs[f"threads ({jobs})"] = fast_path(layers, jobs, backend="threading")
+    if args.warm_start_too:
+        runs["one process, warm starts"] = fast_path(layers, 1, warm_start=True)
+    totals = {label: summarize(results) for label, results in runs.items()}
+    print("(iii) fast path, whole MLP:")
+    for label, total in totals.items():
+        print(f"  {label:<34}{total['wall_s']:6.2f} s wall, {total['highs_s']:5.2f} s in HiGHS, "
+              f"share {total['share']:.0%}")
+    print("  per layer, first call:")
+    print_layers(layers, runs[first_label])
+    record["fast"] = totals
+    first, again = totals[first_label], totals[again_label]
+
+    if not args.skip_reference:
+        naive_s = dpp_s = worst = 0.0
+        for (name, H, W, b), (_, fast) in zip(layers, runs[again_label]):
+            m = min(args.reference_units, W.shape[0])
+            bounds = benchmark_bounds(H, W, b)
+            seconds, naive_objective = naive_cvxpy(H, W[:m], b[:m], **bounds)
+            naive_s += seconds * W.shape[0] / m
+            dpp = solve_layer(H, W[:m], b[:m], solver="cvxpy", **bounds)
+            dpp_s += dpp.wall_time_s * W.shape[0] / m
+            for other in (naive_objective, dpp.objective):
+                difference = np.abs(other - fast.objective[:m]) / np.maximum(1.0, np.abs(other))
+                worst = max(worst, float(difference.max()))
+        record.update(naive_cvxpy_s=naive_s, dpp_cvxpy_s=dpp_s, max_objective_difference=worst)
+        print(f"all {units} units; (i) and (ii) timed on the first {args.reference_units} units of each "
+              "layer and extrapolated:")
+        rows = [("(i)   cvxpy, rebuilt per unit", naive_s), ("(ii)  cvxpy, DPP (solver='cvxpy')", dpp_s)]
+        rows += [(f"(iii) {label}", total["wall_s"]) for label, total in totals.items()]
+        rows.append((f"HiGHS alone: its time ({again_label}) / {jobs}", again["highs_s"] / jobs))
+        for label, seconds in rows:
+            print(f"  {label:<48}{seconds:8.2f} s   (i) / this = {naive_s / seconds:6.1f}x")
+        print(f"  objectives of (i), (ii) and (iii) agree to {worst:.1e} (relative, on the units timed)")
+        print(f"goals, default call (first / running): (i)/(iii) = {naive_s / first['wall_s']:.0f}x / "
+              f"{naive_s / again['wall_s']:.0f}x (>= 20x); whole MLP {first['wall_s']:.1f} s / "
+              f"{again['wall_s']:.1f} s (< 10 s); inside HiGHS {first['share']:.0%} / {again['share']:.0%} "
+              "(>= 90%)")
+
+    if args.batch_sizes:
+        print(f"fast path by batch size ({again_label}):")
+        growth, previous = [], None
+        for size in (int(x) for x in args.batch_sizes.split(",")):
+            total = summarize(fast_path(layer_inputs(model, images[draw[:size]]), jobs))
+            line = (f"  batch {size:5d}: {total['wall_s']:7.2f} s wall, {total['highs_s']:7.2f} s in HiGHS, "
+                    f"{1e3 * total['wall_s'] / units:6.1f} ms/unit")
+            if previous:
+                ratio = total["wall_s"] / previous[1]
+                exponent = math.log(ratio) / math.log(size / previous[0])
+                line += f", x{ratio:.1f} for x{size / previous[0]:.0f} samples (~n^{exponent:.1f})"
+            print(line)
+            growth.append(dict(batch_size=size, **total))
+            previous = (size, total["wall_s"])
+        record["batch_sizes"] = growth
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
