@@ -1,39 +1,46 @@
 """lpinit: initialize ReLU networks with a per-layer linear program so that
-fewer ReLUs output zero on real data, and measure whether that helps."""
+fewer ReLUs output zero on real data, and measure whether that helps.
 
-from lpinit.counting import ReluCount, ReluZeros, SiteZeros, count_relu_zeros
-from lpinit.data import MNIST_MEAN, MNIST_STD, load_mnist
-from lpinit.initialize import LayerReport, LPInitReport, lp_initialize
-from lpinit.models import SeedMLP, mlp, seed_mlp
-from lpinit.theory import (
-    activation_pattern,
-    l_gen,
-    linear_map_change,
-    local_affine_map,
-    pattern_change,
-)
-from lpinit.validation import DataIntegrityError, LPInitError, SolverError
+Names are imported on first use (PEP 562), so that the LP solver's worker
+processes, which need only numpy and HiGHS, start without importing torch.
+"""
 
-__all__ = [
-    "lp_initialize",
-    "LPInitReport",
-    "LayerReport",
-    "count_relu_zeros",
-    "ReluZeros",
-    "SiteZeros",
-    "ReluCount",
-    "load_mnist",
-    "MNIST_MEAN",
-    "MNIST_STD",
-    "seed_mlp",
-    "SeedMLP",
-    "mlp",
-    "local_affine_map",
-    "activation_pattern",
-    "l_gen",
-    "linear_map_change",
-    "pattern_change",
-    "LPInitError",
-    "SolverError",
-    "DataIntegrityError",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "lp_initialize": "initialize",
+    "LPInitReport": "initialize",
+    "LayerReport": "initialize",
+    "count_relu_zeros": "counting",
+    "ReluZeros": "counting",
+    "SiteZeros": "counting",
+    "ReluCount": "counting",
+    "load_mnist": "data",
+    "MNIST_MEAN": "data",
+    "MNIST_STD": "data",
+    "seed_mlp": "models",
+    "SeedMLP": "models",
+    "mlp": "models",
+    "local_affine_map": "theory",
+    "activation_pattern": "theory",
+    "l_gen": "theory",
+    "linear_map_change": "theory",
+    "pattern_change": "theory",
+    "LPInitError": "validation",
+    "SolverError": "validation",
+    "DataIntegrityError": "validation",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(f"lpinit.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lpinit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -6,8 +6,11 @@ and how to fix it.
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported inside the checks that need it, so that
+    import torch  # the LP workers (numpy and HiGHS only) start fast
+    from torch import nn
 
 
 class LPInitError(RuntimeError):
@@ -28,6 +31,8 @@ def check_data_tensor(data, name: str = "data") -> torch.Tensor:
     Raises TypeError for a non-tensor or a non-floating dtype and ValueError
     for an empty tensor, a 0-d tensor, or NaN/inf entries.
     """
+    import torch
+
     if not isinstance(data, torch.Tensor):
         raise TypeError(
             f"Expected {name} to be a torch.Tensor of samples (first dimension = "
@@ -79,6 +84,8 @@ def check_non_negative(value, name: str) -> float:
 def run_model(model: nn.Module, batch: torch.Tensor):
     """``model(batch)``, with a shape or dtype mismatch turned into a ValueError
     that names the batch's shape and the features the model expects."""
+    from torch import nn
+
     try:
         return model(batch)
     except RuntimeError as err:
