@@ -296,41 +296,36 @@ def _cell(rows, key, fmt) -> str:
     return fmt(mean) + (f" ± {fmt(std)}" if count > 1 else "")
 
 
-def _tables(groups, sizes, many_archs) -> list[str]:
+def _table(title: str, groups, sizes, many_archs, cell) -> list[str]:
+    """One markdown table: a row per (arch, init, stage), a column per size;
+    ``cell(rows)`` formats the rows of one size."""
     head = "| " + ("arch | " if many_archs else "") + "init | stage | seeds | zeros | "
-    lines = [
-        "Pattern changed (mean fraction of units flipped), per perturbation size s:",
-        "",
-        head + " | ".join(f"s={s:g}" for s in sizes) + " |",
-        "|" + "---|" * (4 + many_archs + len(sizes)),
-    ]
+    lines = [title, "", head + " | ".join(f"s={s:g}" for s in sizes) + " |",
+             "|" + "---|" * (4 + many_archs + len(sizes))]
     for key, by_size in groups.items():
         any_rows = next(iter(by_size.values()))
         prefix = ("| " + key[0] + " " if many_archs else "") + f"| {key[1]} | {key[2]} | {len(any_rows)} | "
         prefix += _pct(_stat(any_rows, "zero_fraction")[0]) + " | "
-        cells = [
-            f"{_cell(by_size[s], 'pattern_changed', _pct)} ({_pct(_stat(by_size[s], 'flipped_units')[0])})"
-            if s in by_size else "–" for s in sizes
-        ]
-        lines.append(prefix + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "||L_gen|| / ||f(x)|| [||L_gen|| / ||f(x*,P*) - f(x,P)||; L_gen == A'x' holds], per size s:",
-        "",
-        head + " | ".join(f"s={s:g}" for s in sizes) + " |",
-        "|" + "---|" * (4 + many_archs + len(sizes)),
-    ]
-    for key, by_size in groups.items():
-        any_rows = next(iter(by_size.values()))
-        prefix = ("| " + key[0] + " " if many_archs else "") + f"| {key[1]} | {key[2]} | {len(any_rows)} | "
-        prefix += _pct(_stat(any_rows, "zero_fraction")[0]) + " | "
-        cells = [
-            f"{_cell(by_size[s], 'l_gen_rel', _sci)} [{_sci(_stat(by_size[s], 'l_gen_over_change')[0])}; "
-            f"{_pct(_stat(by_size[s], 'identity_holds')[0])}]" if s in by_size else "–"
-            for s in sizes
-        ]
+        cells = [cell(by_size[s]) if s in by_size else "–" for s in sizes]
         lines.append(prefix + " | ".join(cells) + " |")
     return lines
+
+
+def _tables(groups, sizes, many_archs) -> list[str]:
+    def flips(rows):
+        return f"{_cell(rows, 'pattern_changed', _pct)} ({_pct(_stat(rows, 'flipped_units')[0])})"
+
+    def l_gen(rows):
+        return (f"{_cell(rows, 'l_gen_rel', _sci)} [{_sci(_stat(rows, 'l_gen_over_change')[0])}; "
+                f"{_pct(_stat(rows, 'identity_holds')[0])}]")
+
+    return (
+        _table("Pattern changed (mean fraction of units flipped), per perturbation size s:",
+               groups, sizes, many_archs, flips)
+        + [""]
+        + _table("||L_gen|| / ||f(x)|| [||L_gen|| / ||f(x*,P*) - f(x,P)||; L_gen == A'x' holds], per size s:",
+                 groups, sizes, many_archs, l_gen)
+    )
 
 
 def _range(values: list[float], fmt) -> str:
