@@ -371,10 +371,8 @@ def _solve_highs(layer, R, *, n_jobs, exact, warm_start, time_limit_s, bar) -> L
             chunks = np.array_split(todo, n_chunks)
         else:
             chunks = [todo[i::n_chunks] for i in range(n_chunks)]
-        # threads=1 is safe only in a fresh process: HiGHS refuses a thread count
-        # other than the one its scheduler was first started with.
         parts = Parallel(n_jobs=workers, return_as="generator_unordered")(
-            delayed(_labelled)(c, solve_chunk, layer, R[:, c], threads=1, **options) for c in chunks if len(c)
+            delayed(_in_worker)(c, solve_chunk, layer, R[:, c], **options) for c in chunks if len(c)
         )
     for chunk, part in parts:
         solution.put(chunk, part)
@@ -408,9 +406,22 @@ def _closed_form(layer, R, exact) -> LayerSolution:
     return solution
 
 
-def _labelled(label, function, *args, **kwargs):
-    """``(label, function(*args, **kwargs))``: tells apart results that arrive out of order."""
-    return label, function(*args, **kwargs)
+def _in_worker(label, function, *args, **kwargs):
+    """``(label, function(*args, threads=..., **kwargs))`` in a joblib worker;
+    the label tells apart results that arrive out of order.
+
+    HiGHS refuses a thread count other than the one its process-wide scheduler
+    was first started with, and a reused worker process may have run HiGHS
+    with the default count before (an in-process solve, the cvxpy path). A
+    process worker runs tasks on its main thread, one at a time, so it can
+    restart the scheduler with one thread. Thread workers share the process's
+    scheduler and leave it alone.
+    """
+    threads = 0
+    if threading.current_thread() is threading.main_thread():
+        highspy.Highs.resetGlobalScheduler(True)
+        threads = 1
+    return label, function(*args, threads=threads, **kwargs)
 
 
 def _solve_lp_chunk(layer, R, *, threads, warm_start, time_limit_s, tick=None) -> LayerSolution:

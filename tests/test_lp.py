@@ -291,6 +291,24 @@ def test_processes_give_the_serial_result():
     assert parallel.status_counts() == {"optimal": len(W)}
 
 
+def _solve_in_process(H, W, b, bounds):
+    return solve_layer(H, W, b, n_jobs=1, **bounds).status_counts()
+
+
+def test_processes_that_ran_highs_before_still_solve():
+    """Reused joblib workers that already started HiGHS with its default thread
+    count (as the harness's runs do) must still solve a parallel layer."""
+    from joblib import Parallel, delayed
+
+    H, W, b = background_layer(12, k=2 * lp.MIN_UNITS_PER_WORKER)
+    bounds = dict(weight_bound=0.2, bias_bound=0.1, margin=2.0)
+    small = (H, W[:3], b[:3], bounds)
+    assert Parallel(n_jobs=2)(delayed(_solve_in_process)(*small) for _ in range(4)) == [{"optimal": 3}] * 4
+    parallel = solve_layer(H, W, b, n_jobs=2, **bounds)
+    assert parallel.workers == 2
+    assert parallel.status_counts() == {"optimal": len(W)}
+
+
 def test_progress_bar_counts_units(capsys):
     H, W, b = random_layer(11, k=3)
     solve_layer(H, W, b, weight_bound=0.1, bias_bound=0.1, margin=0.2, n_jobs=1, progress=True, desc="fc1")
