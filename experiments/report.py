@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -123,6 +124,12 @@ def paired_words(p: dict) -> str:
     return text + ": no difference distinguishable at this n."
 
 
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    relative = os.path.relpath(Path(path).resolve())
+    return str(path) if relative.startswith("..") else relative
+
+
 def build_report(results_dir: Path) -> Path:
     """Summarize ``results_dir/runs.jsonl`` into summary.csv, report.md and PNGs."""
     results_dir = Path(results_dir)
@@ -173,7 +180,7 @@ def build_report(results_dir: Path) -> Path:
                "initial zeros are measured on the test set."),
               f"- The LP and LSUV see {settings['lp_batch']} training images chosen by the seed (the LP batch).",
               "- Settings: `settings.json`; raw results: `runs.jsonl`; this file is rebuilt by "
-              f"`python -m experiments.report {results_dir}`.", ""]
+              f"`python -m experiments.report {_shown_path(results_dir)}`.", ""]
 
     lines += ["## Final metrics per init", "",
               "Mean ± std over seeds with the t-based 95% CI of the mean; n = runs. "
