@@ -71,7 +71,7 @@ import scipy.sparse as sp
 from joblib import Parallel, cpu_count, delayed
 from tqdm.auto import tqdm
 
-from lpinit.validation import check_choice, check_non_negative
+from lpinit.validation import check_choice, check_finite, check_non_negative
 
 SOLVERS = ("highs", "cvxpy")
 
@@ -211,7 +211,7 @@ def solve_layer(
     H, W, b = _check_arrays(H, W, b)
     weight_bound = check_non_negative(weight_bound, "weight_bound")
     bias_bound = check_non_negative(bias_bound, "bias_bound")
-    margin = _check_finite(margin, "margin")
+    margin = check_finite(margin, "margin")
     check_choice(solver, SOLVERS, "solver")
     n_jobs = _check_n_jobs(n_jobs)
     if time_limit_s is not None:
@@ -757,16 +757,6 @@ def _as_float_array(x, name: str, ndim: int, shape_hint: str) -> np.ndarray:
             "entries. Remove or impute them first."
         )
     return array
-
-
-def _check_finite(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"Expected {name} to be a number, got {value!r}.") from None
-    if not np.isfinite(number):
-        raise ValueError(f"Expected {name} to be finite, got {value!r}. Pass e.g. {name}=0.1.")
-    return number
 
 
 def _check_n_jobs(n_jobs) -> int:

@@ -6,6 +6,7 @@ and how to fix it.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported inside the checks that need it, so that
@@ -67,12 +68,24 @@ def check_choice(value, choices, name: str):
     return value
 
 
+def _as_number(value, name: str, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"Expected {name} to be {what}, got {value!r}.") from None
+
+
+def check_finite(value, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number."""
+    number = _as_number(value, name, "a number")
+    if not math.isfinite(number):
+        raise ValueError(f"Expected {name} to be finite, got {value!r}. Pass e.g. {name}=0.1.")
+    return number
+
+
 def check_non_negative(value, name: str) -> float:
     """Return ``value`` as a float if it is a finite number >= 0."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"Expected {name} to be a number >= 0, got {value!r}.") from None
+    number = _as_number(value, name, "a number >= 0")
     if not number >= 0 or number == float("inf"):
         raise ValueError(
             f"Expected {name} to be a finite number >= 0, got {value!r}. "
