@@ -15,7 +15,6 @@ from __future__ import annotations
 import sys
 import time
 
-from experiments.inits import LPUnavailable, lp_available, needs_lp
 from experiments.report import build_report
 from experiments.runner import execute, plan_tasks
 from experiments.settings import SettingsMismatch, parse_settings, record_settings
@@ -29,20 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     tasks = plan_tasks(settings)
-    if not lp_available():
-        skipped = sorted({t["init"] for t in tasks if needs_lp(t["init"])})
-        if skipped:
-            print(f"warning: lpinit.lp_initialize is not importable; skipping {', '.join(skipped)}.",
-                  file=sys.stderr)
-            tasks = [t for t in tasks if not needs_lp(t["init"])]
     print(f"{len(tasks)} runs planned -> {settings.results_dir}", file=sys.stderr)
     t0 = time.perf_counter()
-    try:
-        for _ in execute(settings, tasks):
-            pass
-    except LPUnavailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for _ in execute(settings, tasks):
+        pass
     print(f"runs done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     print(build_report(settings.results_dir))
     return 0

@@ -24,13 +24,13 @@ used here).
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from lpinit import lp_initialize
 from lpinit.tracing import relu_fed_linears
 
 FIXED_INITS = ("default", "kaiming_normal", "xavier_uniform", "orthogonal", "lsuv", "rai")
@@ -41,31 +41,6 @@ FAMILIES = {
     "orthogonal": "random", "lsuv": "data-dependent", "rai": "data-dependent",
     "lp": "lp", "bias_shift": "bias_shift",
 }
-
-
-class LPUnavailable(ImportError):
-    """``lpinit.lp_initialize`` is not importable (yet)."""
-
-
-def _import_lp_initialize():
-    try:
-        from lpinit import lp_initialize
-    except ImportError:
-        from lpinit.initialize import lp_initialize  # before it is exported from lpinit
-    return lp_initialize
-
-
-def lp_available() -> bool:
-    """Whether ``lpinit.lp_initialize`` can be imported (lp@ and bias_shift@ need it)."""
-    try:
-        _import_lp_initialize()
-    except ImportError:
-        return False
-    return True
-
-
-def needs_lp(name: str) -> bool:
-    return parse_init_name(name)[0] in PARAMETRIC_INITS
 
 
 def parse_init_name(name: str) -> tuple[str, float | None]:
@@ -200,19 +175,10 @@ def rai_(model: nn.Module, generator: torch.Generator) -> None:
         layer.bias.copy_(v[:, -1])
 
 
-def lp_(model: nn.Module, batch: torch.Tensor, radius: float, seed: int, margin: float) -> dict:
-    """``lpinit.lp_initialize`` with one job and no progress bar; returns its report as data."""
-    try:
-        lp_initialize = _import_lp_initialize()
-    except ImportError as err:
-        raise LPUnavailable(
-            "lpinit.lp_initialize is not importable yet, so lp@ and bias_shift@ inits cannot run. "
-            f"Drop them from --inits until it lands ({err})."
-        ) from err
-    kwargs = dict(radius=radius, margin=margin, n_jobs=1, progress=False)
-    if "seed" in inspect.signature(lp_initialize).parameters:  # the LP may be deterministic without one
-        kwargs["seed"] = seed
-    report = lp_initialize(model, batch, **kwargs)
+def lp_(model: nn.Module, batch: torch.Tensor, radius: float, margin: float) -> dict:
+    """``lpinit.lp_initialize`` with one job and no progress bar (runs are
+    already parallel over processes); returns its report as data."""
+    report = lp_initialize(model, batch, radius=radius, margin=margin, n_jobs=1, progress=False)
     return _jsonable_report(report)
 
 
@@ -336,11 +302,11 @@ def initialize(
     elif base == "rai":
         rai_(model, generator)
     elif base == "lp":
-        info["lp_report"] = lp_(model, batch, radius, seed, lp_margin)
+        info["lp_report"] = lp_(model, batch, radius, lp_margin)
     elif base == "bias_shift":
         if lp_targets is None:
             lp_model = copy.deepcopy(model)
-            lp_(lp_model, batch, radius, seed, lp_margin)
+            lp_(lp_model, batch, radius, lp_margin)
             targets = relu_zero_fractions(lp_model, batch)
         else:
             targets = lp_targets(radius)

@@ -19,10 +19,7 @@ from experiments.inits import build_model, family, initialize, relu_zero_fractio
 from experiments.train import pick_device, train
 from lpinit import count_relu_zeros
 
-try:  # written by another engineer; the harness works without it
-    from experiments import stability as _stability
-except ImportError:  # pragma: no cover - depends on what has landed
-    _stability = None
+from experiments import stability
 
 
 def run_key(task: dict) -> str:
@@ -59,7 +56,7 @@ def _lp_targets_cache(results_dir: Path, arch: str, seed: int, margin: float, ba
         from experiments.inits import lp_
 
         model = model_factory()
-        lp_(model, batch, radius, seed, margin)
+        lp_(model, batch, radius, margin)
         values = relu_zero_fractions(model, batch)
         write_lp_targets(path, values)
         return values
@@ -140,8 +137,6 @@ def run_one(task: dict, settings: dict) -> dict:
 
 
 def _stability_rows(model, images, init, arch, seed, stage) -> list[dict]:
-    if _stability is None:
-        return []
     g = torch.Generator().manual_seed(seed)
-    rows = _stability.measure_stability(model, images, generator=g)
+    rows = stability.measure_stability(model, images, generator=g)
     return [{**row, "init": init, "arch": arch, "seed": seed, "stage": stage} for row in rows]

@@ -11,7 +11,6 @@ import argparse
 import csv
 import math
 import os
-import warnings
 from pathlib import Path
 
 from experiments import plots
@@ -25,10 +24,7 @@ from experiments.stats import (
     zero_accuracy_correlations,
 )
 
-try:  # written by another engineer; the report works without it
-    from experiments import stability as _stability
-except ImportError:  # pragma: no cover
-    _stability = None
+from experiments import stability
 
 TABLE_METRICS = (
     ("final_test_accuracy", "test acc (%)"),
@@ -225,17 +221,10 @@ def build_report(results_dir: Path) -> Path:
 
 def _stability_lines(records, results_dir: Path) -> list[str]:
     rows = [row for r in records for row in r.get("stability", [])]
-    if _stability is None or not rows:
+    if not rows:
         return []
-    # experiments.stability is another module's work; a bug there must not
-    # cost the rest of the report, so it is reported in place instead.
-    try:
-        _stability.plot_stability(rows, results_dir / "stability.png")
-        section = _stability.stability_section(rows)
-    except Exception as err:  # noqa: BLE001
-        warnings.warn(f"stability section skipped: {type(err).__name__}: {err}")
-        return ["## Stability", "", f"The stability section could not be built ({type(err).__name__}: {err}); "
-                "its rows are in runs.jsonl under \"stability\".", ""]
+    stability.plot_stability(rows, results_dir / "stability.png")
+    section = stability.stability_section(rows)
     return ["## Stability", "", section, "", "![stability](stability.png)", ""]
 
 

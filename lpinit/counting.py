@@ -9,7 +9,7 @@ sites. Counting is a side effect of one ordinary forward pass per batch
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch

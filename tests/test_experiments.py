@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -13,10 +12,8 @@ import torch
 from scipy import stats as sps
 
 from experiments import inits, runner, stats
-from experiments.inits import build_model, initialize, lp_available
+from experiments.inits import build_model, initialize
 from experiments.settings import SettingsMismatch, parse_settings, record_settings, resolve
-
-needs_lp = pytest.mark.skipif(not lp_available(), reason="lpinit.lp_initialize has not landed yet")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +99,6 @@ def test_unknown_init_lists_valid_ones(batch):
     assert inits.parse_init_name("bias_shift@0.05") == ("bias_shift", 0.05)
 
 
-@needs_lp
 def test_lp_and_bias_shift_reach_the_same_layer_zero_fractions(batch):
     lp = build_model("seed", 0)
     initialize("lp@0.1", lp, batch, 0)
@@ -132,7 +128,7 @@ def _fake_lp_initialize(model, batch, *, radius, margin, n_jobs, progress):
 def test_lp_entries_and_bias_shift_plumbing_with_a_stand_in_lp(batch, monkeypatch, tmp_path):
     from experiments.measure import _lp_targets_cache
 
-    monkeypatch.setattr(inits, "_import_lp_initialize", lambda: _fake_lp_initialize)
+    monkeypatch.setattr(inits, "lp_initialize", _fake_lp_initialize)
     lp = build_model("seed", 0)
     info = initialize("lp@0.1", lp, batch, 0)
     assert info["lp_report"] == {"status_counts": {"optimal": 3}}
@@ -148,7 +144,7 @@ def test_lp_entries_and_bias_shift_plumbing_with_a_stand_in_lp(batch, monkeypatc
     targets = _lp_targets_cache(tmp_path, "seed", 0, 0.1, batch, lambda: build_model("seed", 0))
     assert targets(0.1) == pytest.approx(want)
     assert len(list((tmp_path / "lp_targets").iterdir())) == 1
-    monkeypatch.setattr(inits, "_import_lp_initialize", lambda: 1 / 0)  # a second LP call would fail
+    monkeypatch.setattr(inits, "lp_initialize", None)  # a second LP call would fail
     assert targets(0.1) == pytest.approx(want)
 
 
@@ -359,5 +355,4 @@ def test_quick_preset_end_to_end(tmp_path):
     from experiments.compare import main
 
     assert main(["--preset", "quick", "--results-root", str(tmp_path)]) == 0
-    n_inits = 6 if lp_available() else 4
-    _check_results(tmp_path / "quick", 2 * n_inits)
+    _check_results(tmp_path / "quick", 2 * 6)
