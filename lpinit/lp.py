@@ -29,16 +29,16 @@ Two solvers reach the same optimum:
      common value of each column: normalized MNIST is dense only because its
      background pixels all equal -0.4242. One free variable ``t = c . d``
      turns row i into ``S_i d + t + s_i >= r_i``, with far fewer nonzeros.
-  3. *Crash start.* The LP is built once per chunk of units; per unit only
-     the row bounds change. Dual simplex starts from every weight at the
+  3. *Crash start.* The LP is built once per layer and process; per unit
+     only the row bounds change. Dual simplex starts from every weight at the
      bound that raises the unit's short rows; a unit whose start already
      meets every margin is done without HiGHS.
   4. *Checks.* Every answer is checked against a duality bound and solved
      again from scratch if it fails, since HiGHS has returned wrong optima
      from warm starts (ERGO-Code/HiGHS#3194, #3294).
-  5. *Processes.* Chunks of units are spread over ``n_jobs`` processes by
-     joblib (``joblib.parallel_config(backend="threading")`` runs them as
-     threads instead: HiGHS releases the GIL, and no process has to start).
+  5. *Processes.* Chunks of units are shared by this process and
+     ``n_jobs - 1`` helper processes, joblib's loky workers, which stay up
+     between calls (``lpinit.parallel``).
 
 The optimum is seldom unique: most units can meet every margin inside the
 box, and then any change that does so is optimal. The two solvers may return
@@ -61,16 +61,20 @@ import os
 import sys
 import threading
 import time
+import uuid
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import highspy
 import numpy as np
 import scipy.sparse as sp
-from joblib import Parallel, cpu_count, delayed
+from joblib import cpu_count
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from lpinit.parallel import map_chunks
 from lpinit.validation import check_choice, check_finite, check_non_negative
 
 SOLVERS = ("highs", "cvxpy")
@@ -105,12 +109,7 @@ VIOLATION_TOLERANCE = 1e-6
 (HiGHS's MIP feasibility tolerance), relative to ``1 + |r_i|``."""
 
 MIN_UNITS_PER_WORKER = 32
-"""Fewer units than this per process do not repay starting and feeding it."""
-
-CHUNKS_PER_WORKER = 2
-"""Units are handed out in this many chunks per process: enough to balance
-the load and move the progress bar, few enough that rebuilding the LP per
-chunk costs nothing."""
+"""Fewer units than this per process do not repay feeding it."""
 
 
 def status_group(status, groups: dict) -> str:
@@ -222,8 +221,10 @@ def solve_layer(
             f"exact={exact!r}. Drop warm_start=True."
         )
 
-    R = margin - (H @ W.T + b)  # column j: unit j's right-hand side r
-    with tqdm(total=W.shape[0], desc=desc, unit="unit", disable=not progress) as bar:
+    # numpy's BLAS on one thread: after each call its idle threads spin for a
+    # while, on the cores that HiGHS and the helper processes need
+    with threadpool_limits(limits=1), tqdm(total=W.shape[0], desc=desc, unit="unit", disable=not progress) as bar:
+        R = margin - (H @ W.T + b)  # column j: unit j's right-hand side r
         if solver == "cvxpy":
             solution = _solve_cvxpy(
                 H, R, weight_bound, bias_bound, exact=exact, time_limit_s=time_limit_s, bar=bar
@@ -257,6 +258,7 @@ class Layer:
     c: np.ndarray  # (free.sum(),) column shift; zeros when the shift does not pay
     row_norm1: np.ndarray  # (n,) |H_i[free]|_1, for the big-M of exact mode
     weight_bound: float
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # names the layer in worker processes
 
     @classmethod
     def from_input(cls, H: np.ndarray, weight_bound: float, bias_bound: float) -> Layer:
@@ -340,58 +342,25 @@ def split_constant(H: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
 
 
 def _solve_highs(layer, R, *, n_jobs, exact, warm_start, time_limit_s, bar) -> LayerSolution:
-    """Solve all units with highspy, in chunks spread over ``n_jobs`` processes."""
+    """Solve all units with highspy, in chunks shared by this process and
+    ``n_jobs - 1`` helper processes (see ``lpinit.parallel``)."""
     units = R.shape[1]
     if not layer.free.any():  # dual fixing fixed everything: nothing left to solve
         bar.update(units)
         return _closed_form(layer, R, exact)
+    order = _similarity_order(R) if warm_start else np.arange(units)  # warm starts: neighbours together
+    if exact:
+        solve_chunk = partial(_solve_mip_chunk, time_limit_s=time_limit_s)
+    else:
+        solve_chunk = partial(_solve_lp_chunk, warm_start=warm_start, time_limit_s=time_limit_s)
     solution = LayerSolution.empty(units, len(layer.free))
-    if warm_start:
-        todo = _similarity_order(R)  # neighbours in a chunk have similar r
-    elif exact:
-        todo = np.arange(units)
-    else:
-        todo = _solve_by_crash_start(layer, R, solution)
-        bar.update(units - len(todo))
-        if not len(todo):
-            return solution
-    solve_chunk = _solve_mip_chunk if exact else _solve_lp_chunk
-    options = dict(time_limit_s=time_limit_s)
-    if not exact:
-        options["warm_start"] = warm_start
-    workers = max(1, min(n_jobs, len(todo) // MIN_UNITS_PER_WORKER))
-    solution.workers = workers
-    if workers == 1:  # one chunk, in this process
-        parts = [(todo, solve_chunk(layer, R[:, todo], threads=0, tick=bar.update, **options))]
-    else:
-        n_chunks = workers * CHUNKS_PER_WORKER
-        # warm starts need neighbours together; otherwise deal the units out
-        # like cards, so that every chunk gets easy and hard ones alike
-        if warm_start:
-            chunks = np.array_split(todo, n_chunks)
-        else:
-            chunks = [todo[i::n_chunks] for i in range(n_chunks)]
-        parts = Parallel(n_jobs=workers, return_as="generator_unordered")(
-            delayed(_in_worker)(c, solve_chunk, layer, R[:, c], **options) for c in chunks if len(c)
-        )
-    for chunk, part in parts:
+    solution.workers = max(1, min(n_jobs, units // MIN_UNITS_PER_WORKER))
+    chunks = map_chunks(
+        solve_chunk, (layer, R), order, solution.workers - 1, tick=bar.update, helper_setup=_one_highs_thread
+    )
+    for chunk, part in chunks:
         solution.put(chunk, part)
-        if workers > 1:
-            bar.update(len(chunk))
     return solution
-
-
-def _solve_by_crash_start(layer, R, solution) -> np.ndarray:
-    """Settle the units whose crash start already meets every margin (optimal,
-    objective 0); return the others, those with the most rows short first."""
-    D = _CrashStart(layer).points(layer.net(R))
-    short = (layer.shortfall(R, D) > 0).sum(axis=0)
-    done = short == 0
-    solution.delta_weight[done] = layer.full_delta(D[:, done].T)
-    solution.delta_bias[done] = layer.bias_delta
-    solution.objective[done] = 0.0
-    solution.status[done] = OPTIMAL
-    return np.flatnonzero(~done)[np.argsort(-short[~done], kind="stable")]
 
 
 def _closed_form(layer, R, exact) -> LayerSolution:
@@ -406,56 +375,59 @@ def _closed_form(layer, R, exact) -> LayerSolution:
     return solution
 
 
-def _in_worker(label, function, *args, **kwargs):
-    """``(label, function(*args, threads=..., **kwargs))`` in a joblib worker;
-    the label tells apart results that arrive out of order.
+def _one_highs_thread() -> None:
+    """Run HiGHS on one thread in a helper process.
 
     HiGHS refuses a thread count other than the one its process-wide scheduler
-    was first started with, and a reused worker process may have run HiGHS
-    with the default count before (an in-process solve, the cvxpy path). A
-    process worker runs tasks on its main thread, one at a time, so it can
-    restart the scheduler with one thread. Thread workers share the process's
-    scheduler and leave it alone.
+    was first started with, and a reused helper may have run HiGHS with the
+    default count before (an in-process solve, the cvxpy path). A helper runs
+    one chunk at a time on its main thread, so it can restart the scheduler.
     """
-    threads = 0
-    if threading.current_thread() is threading.main_thread():
-        highspy.Highs.resetGlobalScheduler(True)
-        threads = 1
-    return label, function(*args, threads=threads, **kwargs)
+    highspy.Highs.resetGlobalScheduler(True)
 
 
-def _solve_lp_chunk(layer, R, *, threads, warm_start, time_limit_s, tick=None) -> LayerSolution:
-    """Solve the LPs whose right-hand sides are the columns of ``R``, in order,
-    on one HiGHS instance; check every answer at the end. ``tick(1)`` after each unit."""
+def _solve_lp_chunk(layer_and_R, chunk, *, threads, warm_start, time_limit_s, tick=None) -> LayerSolution:
+    """Solve the LPs of the units ``chunk`` (right-hand sides: those columns of
+    ``R``), in order, on this thread's HiGHS instance for the layer; check
+    every answer at the end. ``tick(1)`` after each unit."""
+    layer, R = layer_and_R
+    R = R[:, chunk]
     n, free = layer.shape
     units = R.shape[1]
     net_R = layer.net(R)
-    # presolve off: a presolved LP has no basis to start from
-    highs = _new_highs(_highs_model(layer, net_R[:, 0], np.ones(n)), threads, presolve="off")
+    highs, crash, dense = _workspace(layer, threads)
     rows, upper = np.arange(n, dtype=np.int32), np.full(n, highspy.kHighsInf)
     solution = LayerSolution.empty(units, len(layer.free))
     D, Y = np.zeros((free, units)), np.zeros((n, units))  # free weights' changes and row duals
     if not warm_start:
-        crash = _CrashStart(layer)
         D[:] = crash.points(net_R)
         # a start that meets every margin is optimal as it is (objective 0)
-        solution.status[(layer.shortfall(R, D) <= 0).all(axis=0)] = OPTIMAL
+        met = np.flatnonzero((dense.shortfall(R, D) <= 0).all(axis=0))
+        solution.delta_weight[met] = layer.full_delta(D[:, met].T)
+        solution.delta_bias[met] = layer.bias_delta
+        solution.objective[met] = 0.0
+        solution.status[met] = OPTIMAL
+    solved = np.zeros(units, dtype=bool)  # by HiGHS, to be checked
     for k in range(units):
         if solution.status[k] != OPTIMAL:
-            began = time.perf_counter()
+            basis = None if warm_start else crash.basis(D[:, k])
+            began = time.perf_counter()  # solver time: the unit's HiGHS calls, from its bounds to its answer
             highs.changeRowsBounds(n, rows, net_R[:, k], upper)
-            if not warm_start:
+            if basis is not None:
                 highs.clearSolver()
-                highs.setBasis(crash.basis(D[:, k]))
+                highs.setBasis(basis)
             solution.status[k], solution.iterations[k] = _run(highs, time_limit_s)
+            if solution.status[k] == OPTIMAL:
+                # an objective of 0 needs no dual to be proven optimal (see _keep_proven)
+                values, duals = _answer(highs, with_dual=highs.getInfo().objective_function_value > 0)
             solution.solver_time_s[k] = time.perf_counter() - began
             if solution.status[k] == OPTIMAL:
-                D[:, k], Y[:, k] = _primal_dual(highs, free, n)
+                D[:, k], Y[:, k] = values[:free], duals[:n] if duals else 0.0
+                solved[k] = True
         if tick is not None:
             tick(1)
 
-    optimal = np.flatnonzero(solution.status == OPTIMAL)
-    for k in _keep_proven(layer, R, D, Y, optimal, solution):
+    for k in _keep_proven(dense, R, D, Y, np.flatnonzero(solved), solution):
         # HiGHS's "optimum" fails the duality check: solve again from scratch, by another route.
         began = time.perf_counter()
         highs.changeRowsBounds(n, rows, net_R[:, k], upper)
@@ -467,8 +439,9 @@ def _solve_lp_chunk(layer, R, *, threads, warm_start, time_limit_s, tick=None) -
         solution.solver_time_s[k] += time.perf_counter() - began
         solution.resolves += 1
         if solution.status[k] == OPTIMAL:
-            D[:, k], Y[:, k] = _primal_dual(highs, free, n)
-            _keep_proven(layer, R, D, Y, np.array([k]), solution)
+            values, duals = _answer(highs)
+            D[:, k], Y[:, k] = values[:free], duals[:n]
+            _keep_proven(dense, R, D, Y, np.array([k]), solution)
     return solution
 
 
@@ -485,11 +458,14 @@ class _CrashStart:
         n, _ = layer.shape
         status = highspy.HighsBasisStatus
         self.layer = layer
-        self.S_transposed = layer.S.T.tocsr()
+        self.S_transposed = layer.S.T
         self.at_bound = np.array([status.kLower, status.kUpper], dtype=object)
         # s at 0; t (if shifted) basic, with the equation row's slack at its bound 0
         self.other_columns = [status.kLower] * n + ([status.kBasic] if layer.shifted else [])
         self.rows = [status.kBasic] * n + ([status.kLower] if layer.shifted else [])
+        self._basis = highspy.HighsBasis()  # reused: only the weights' statuses change
+        self._basis.row_status = self.rows
+        self._basis.valid = True
 
     def points(self, net_R: np.ndarray) -> np.ndarray:
         """The free weights' changes to start from, one column per unit."""
@@ -498,17 +474,17 @@ class _CrashStart:
         return np.where(raises, self.layer.weight_bound, -self.layer.weight_bound)
 
     def basis(self, d: np.ndarray) -> highspy.HighsBasis:
-        basis = highspy.HighsBasis()
-        basis.col_status = self.at_bound[(d > 0).astype(int)].tolist() + self.other_columns
-        basis.row_status = self.rows
-        basis.valid = True
-        return basis
+        """The start for a unit whose start point is ``d`` (HiGHS copies it)."""
+        self._basis.col_status = self.at_bound[(d > 0).astype(np.intp)].tolist() + self.other_columns
+        return self._basis
 
 
-def _primal_dual(highs: highspy.Highs, free: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The free weights' changes and the sample rows' duals of HiGHS's solution."""
+def _answer(highs: highspy.Highs, with_dual: bool = True) -> tuple[list, list | None]:
+    """HiGHS's solution as highspy hands it over: every column's value and,
+    if ``with_dual``, every row's dual (the free weights come first, then the
+    sample rows)."""
     solution = highs.getSolution()
-    return np.asarray(solution.col_value)[:free], np.asarray(solution.row_dual)[:n]
+    return solution.col_value, solution.row_dual if with_dual else None
 
 
 def _keep_proven(layer, R, D, Y, units, solution) -> np.ndarray:
@@ -516,9 +492,11 @@ def _keep_proven(layer, R, D, Y, units, solution) -> np.ndarray:
     proves optimal; mark the others FAILED and return them."""
     d = layer.clip(D[:, units])
     objective = np.maximum(layer.shortfall(R[:, units], d), 0.0).sum(axis=0)
-    gap = objective - layer.dual_bound(R[:, units], Y[:, units])
-    scale = 1.0 + np.maximum(R[:, units], 0.0).sum(axis=0)  # the objective at d = 0, e = 0
-    proven = gap <= GAP_TOLERANCE * scale
+    proven = objective == 0.0  # no objective is below 0: nothing to check
+    check = np.flatnonzero(~proven)
+    gap = objective[check] - layer.dual_bound(R[:, units[check]], Y[:, units[check]])
+    scale = 1.0 + np.maximum(R[:, units[check]], 0.0).sum(axis=0)  # the objective at d = 0, e = 0
+    proven[check] = gap <= GAP_TOLERANCE * scale
     kept = units[proven]
     solution.delta_weight[kept] = layer.full_delta(d[:, proven].T)
     solution.delta_bias[kept] = layer.bias_delta
@@ -527,15 +505,17 @@ def _keep_proven(layer, R, D, Y, units, solution) -> np.ndarray:
     return units[~proven]
 
 
-def _solve_mip_chunk(layer, R, *, threads, time_limit_s, tick=None) -> LayerSolution:
-    """Solve the MIPs of the columns of ``R``, each on a fresh HiGHS instance
+def _solve_mip_chunk(layer_and_R, chunk, *, threads, time_limit_s, tick=None) -> LayerSolution:
+    """Solve the MIPs of the units ``chunk``, each on a fresh HiGHS instance
     (the big-M coefficients change the matrix). ``tick(1)`` after each unit."""
+    layer, R = layer_and_R
+    R = R[:, chunk]
     n, free = layer.shape
     solution = LayerSolution.empty(R.shape[1], len(layer.free))
     for k in range(R.shape[1]):
         r = layer.net(R[:, k])
         big_m = np.maximum(0.0, r + layer.weight_bound * layer.row_norm1)
-        highs = _new_highs(_highs_model(layer, r, big_m, binary=True), threads, presolve="choose")
+        highs = _new_highs(layer, _constraint_matrix(layer, big_m), r, threads, "choose", binary=True)
         highs.setOptionValue("mip_rel_gap", 0.0)
         began = time.perf_counter()
         status, _ = _run(highs, time_limit_s)
@@ -561,59 +541,74 @@ def _count_short(shortfall: np.ndarray, r: np.ndarray) -> int:
     return int((shortfall > VIOLATION_TOLERANCE * (1.0 + np.abs(r))).sum())
 
 
-def _highs_model(layer: Layer, r: np.ndarray, slack_coef: np.ndarray, binary: bool = False):
-    """The LP (or MIP) left after dual fixing, in HiGHS's form.
+def _constraint_matrix(layer: Layer, slack_coef: np.ndarray) -> sp.csc_matrix:
+    """The matrix of the LP (or MIP) left after dual fixing, in HiGHS's form.
 
     Columns ``[d (free weights), slack (n), t (if shifted)]``, rows
-    ``[samples (n), c . d - t = 0 (if shifted)]``; sample row i reads
-    ``S_i d + slack_coef_i * slack_i (+ t) >= r_i``, with ``r`` net of the
-    fixed variables. The slack is ``s`` (cost 1, in ``[0, inf)``) or, with
-    ``binary``, ``z`` (cost 1, in {0, 1}).
+    ``[samples (n), c . d - t = 0 (if shifted)]``: sample row i reads
+    ``S_i d + slack_coef_i * slack_i (+ t)``.
     """
-    n, free = layer.shape
-    inf = highspy.kHighsInf
+    n, _ = layer.shape
     blocks = [[layer.S, sp.diags(slack_coef)]]
-    col_lower = [np.full(free, -layer.weight_bound), np.zeros(n)]
-    col_upper = [np.full(free, layer.weight_bound), np.full(n, 1.0 if binary else inf)]
-    row_lower, row_upper = [r], [np.full(n, inf)]
     if layer.shifted:
         blocks[0].append(np.ones((n, 1)))
         blocks.append([sp.csr_matrix(layer.c), None, -np.ones((1, 1))])
-        col_lower.append([-inf])
-        col_upper.append([inf])
-        row_lower.append([0.0])
-        row_upper.append([0.0])
     A = sp.bmat(blocks, format="csc")
     A.eliminate_zeros()
+    return A
 
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = A.shape[1], A.shape[0]
-    cost = np.zeros(lp.num_col_)
+
+def _new_highs(layer: Layer, A: sp.csc_matrix, r: np.ndarray, threads: int, presolve: str, binary: bool = False):
+    """A silent HiGHS instance holding the LP (or MIP) with matrix ``A`` (see
+    ``_constraint_matrix``): sample row i is ``>= r_i``, with ``r`` net of the
+    fixed variables. The slack is ``s`` (cost 1, in ``[0, inf)``) or, with
+    ``binary``, ``z`` (cost 1, in {0, 1})."""
+    n, free = layer.shape
+    inf = highspy.kHighsInf
+    cost = np.zeros(A.shape[1])
     cost[free : free + n] = 1.0
-    lp.col_cost_ = cost
-    lp.col_lower_ = np.concatenate(col_lower)
-    lp.col_upper_ = np.concatenate(col_upper)
-    lp.row_lower_ = np.concatenate(row_lower)
-    lp.row_upper_ = np.concatenate(row_upper)
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_ = A.indptr
-    lp.a_matrix_.index_ = A.indices
-    lp.a_matrix_.value_ = A.data
+    col_lower = np.concatenate([np.full(free, -layer.weight_bound), np.zeros(n), [-inf] * layer.shifted])
+    col_upper = np.concatenate([np.full(free, layer.weight_bound), np.full(n, 1.0 if binary else inf), [inf] * layer.shifted])
+    row_lower = np.concatenate([r, [0.0] * layer.shifted])
+    row_upper = np.concatenate([np.full(n, inf), [0.0] * layer.shifted])
+    integrality = np.full(A.shape[1], int(highspy.HighsVarType.kContinuous), dtype=np.int32)
     if binary:
-        integrality = [highspy.HighsVarType.kContinuous] * lp.num_col_
-        integrality[free : free + n] = [highspy.HighsVarType.kInteger] * n
-        lp.integrality_ = integrality
-    return lp
+        integrality[free : free + n] = int(highspy.HighsVarType.kInteger)
 
-
-def _new_highs(lp: highspy.HighsLp, threads: int, presolve: str) -> highspy.Highs:
     _swallow_highs_banner()
     highs = highspy.Highs()
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("threads", threads)
     highs.setOptionValue("presolve", presolve)
-    highs.passModel(lp)
+    # the overload that takes numpy arrays as they are (a HighsLp converts them element by element)
+    status = highs.passModel(
+        A.shape[1], A.shape[0], A.nnz, int(highspy.MatrixFormat.kColwise), int(highspy.ObjSense.kMinimize), 0.0,
+        cost, col_lower, col_upper, row_lower, row_upper,
+        A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data, integrality,
+    )
+    if status != highspy.HighsStatus.kOk:
+        raise RuntimeError(f"HiGHS refused the layer's LP (status {status}); this is a bug in lpinit.")
     return highs
+
+
+_workspaces = threading.local()
+
+
+def _workspace(layer: Layer, threads: int) -> tuple[highspy.Highs, _CrashStart, Layer]:
+    """What this thread keeps of ``layer`` for its next chunk: a HiGHS instance
+    holding the LP (building it takes as long as solving a few units), the
+    crash start, and the layer with ``S`` dense, for the checks of whole
+    chunks (dense products beat sparse ones at MNIST's ~25% density)."""
+    key = (layer.token, threads)
+    cached = getattr(_workspaces, "last", None)
+    if cached is None or cached[0] != key:
+        n, _ = layer.shape
+        highs = _new_highs(layer, _constraint_matrix(layer, np.ones(n)), np.zeros(n), threads, "off")
+        dense = replace(layer, S=layer.S.toarray())
+        cached = _workspaces.last = (key, highs, _CrashStart(dense), dense)
+    _, highs, crash, dense = cached
+    highs.setOptionValue("presolve", "off")  # a presolved LP has no basis to start from
+    return highs, crash, dense
 
 
 _banner_lock = threading.Lock()

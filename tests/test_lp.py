@@ -160,7 +160,7 @@ def test_duality_bound_is_a_lower_bound_and_tight_at_the_optimum():
     rng = np.random.default_rng(0)
     for y in rng.random((20, len(r))):
         assert layer.dual_bound(r, y) <= optimum + 1e-9
-    solution = lp._solve_lp_chunk(layer, r[:, None], threads=0, warm_start=False, time_limit_s=None)
+    solution = lp._solve_lp_chunk((layer, r[:, None]), [0], threads=0, warm_start=False, time_limit_s=None)
     assert solution.status[0] == "optimal"
     np.testing.assert_allclose(solution.objective[0], optimum, rtol=1e-7)
 
@@ -255,17 +255,17 @@ def test_a_wrong_optimum_from_highs_is_caught_and_solved_again(monkeypatch):
     H, W, b = random_layer(8, k=3)
     bounds = dict(weight_bound=0.2, bias_bound=0.1, margin=2.0, n_jobs=1)  # no unit meets it outright
     expected = linprog_objectives(H, W, b, 0.2, 0.1, 2.0)
-    real_primal_dual = lp._primal_dual
+    real_answer = lp._answer
     calls = []
 
-    def first_answer_wrong(highs, free, n):
+    def first_answer_wrong(highs, with_dual=True):
         calls.append(1)
-        x, y = real_primal_dual(highs, free, n)
+        x, y = real_answer(highs, with_dual)
         if len(calls) == 1:  # claim "optimal" for a point that is not: no change at all
-            return np.zeros_like(x), np.zeros_like(y)
+            return [0.0] * len(x), [0.0] * len(y) if y else None
         return x, y
 
-    monkeypatch.setattr(lp, "_primal_dual", first_answer_wrong)
+    monkeypatch.setattr(lp, "_answer", first_answer_wrong)
     solution = solve_layer(H, W, b, **bounds)
     assert solution.resolves == 1
     assert solution.status_counts() == {"optimal": 3}
@@ -274,7 +274,7 @@ def test_a_wrong_optimum_from_highs_is_caught_and_solved_again(monkeypatch):
 
 def test_an_answer_that_stays_wrong_is_failed_and_changes_nothing(monkeypatch):
     H, W, b = random_layer(9, k=2)
-    monkeypatch.setattr(lp, "_primal_dual", lambda highs, free, n: (np.zeros(free), np.zeros(n)))
+    monkeypatch.setattr(lp, "_answer", lambda highs, with_dual=True: ([0.0] * 10_000, [0.0] * 10_000))
     solution = solve_layer(H, W, b, weight_bound=0.2, bias_bound=0.1, margin=2.0, n_jobs=1)
     assert solution.status_counts() == {"failed": 2}
     assert solution.resolves == 2
