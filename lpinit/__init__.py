@@ -11,6 +11,7 @@ _EXPORTS = {
     "lp_initialize": "initialize",
     "LPInitReport": "initialize",
     "LayerReport": "initialize",
+    "start_helpers": "lp",
     "count_relu_zeros": "counting",
     "ReluZeros": "counting",
     "SiteZeros": "counting",

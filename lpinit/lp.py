@@ -36,9 +36,10 @@ Two solvers reach the same optimum:
   4. *Checks.* Every answer is checked against a duality bound and solved
      again from scratch if it fails, since HiGHS has returned wrong optima
      from warm starts (ERGO-Code/HiGHS#3194, #3294).
-  5. *Processes.* Chunks of units are shared by this process and
+  5. *Processes.* Chunks of units are shared by this process and up to
      ``n_jobs - 1`` helper processes, joblib's loky workers, which stay up
-     between calls (``lpinit.parallel``).
+     between calls; by default they are started only for layers whose LPs
+     repay it (``lpinit.parallel``).
 
 The optimum is seldom unique: most units can meet every margin inside the
 box, and then any change that does so is optimal. The two solvers may return
@@ -74,6 +75,7 @@ from joblib import cpu_count
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from lpinit import parallel
 from lpinit.parallel import map_chunks
 from lpinit.validation import check_choice, check_finite, check_non_negative
 
@@ -183,8 +185,11 @@ def solve_layer(
         bias_bound: ``rho_b``, the most any bias may move (absolute).
         margin: ``m``, the pre-activation level to reach (absolute).
         solver: ``"highs"`` (fast path) or ``"cvxpy"`` (reference).
-        n_jobs: processes for the ``"highs"`` path; ``None`` means all usable
-            cores. The cvxpy path runs in this process.
+        n_jobs: processes for the ``"highs"`` path: this one and ``n_jobs - 1``
+            helpers. ``None``: up to one per core, using the helpers that are
+            up, or starting them only when the layer's LPs repay it (see
+            ``lpinit.parallel``; ``start_helpers`` starts them ahead). The
+            cvxpy path runs in this process.
         time_limit_s: per-unit limit; a unit that hits it keeps its weights.
         exact: solve the mixed-integer program instead (small layers only).
         warm_start: ``"highs"`` LP only: start each unit from the previous
@@ -212,7 +217,7 @@ def solve_layer(
     bias_bound = check_non_negative(bias_bound, "bias_bound")
     margin = check_finite(margin, "margin")
     check_choice(solver, SOLVERS, "solver")
-    n_jobs = _check_n_jobs(n_jobs)
+    _check_n_jobs(n_jobs)
     if time_limit_s is not None:
         time_limit_s = check_non_negative(time_limit_s, "time_limit_s")
     if warm_start and (exact or solver != "highs"):
@@ -236,6 +241,16 @@ def solve_layer(
             )
     solution.wall_time_s = time.perf_counter() - start
     return solution
+
+
+def start_helpers(n_jobs: int | None = None) -> None:
+    """Start the helper processes of the ``"highs"`` path now, without waiting:
+    ``n_jobs - 1`` of them (``None``: one per core, less this process). Later
+    solves, ``n_jobs=None`` included, use them at once, instead of starting
+    helpers only for large layers. They stop after 5 idle minutes.
+    """
+    _check_n_jobs(n_jobs)
+    parallel.start_helpers((cpu_count() if n_jobs is None else n_jobs) - 1, preload=("lpinit.lp",))
 
 
 # ---------------------------------------------------------------- the layer
@@ -335,7 +350,15 @@ def split_constant(H: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
     c = np.where(saved > 0, mode, 0.0)
     if saved[c != 0].sum() <= n + np.count_nonzero(c) + 1:
         c = np.zeros(d_in)
-    return sp.csr_matrix(H - c), c
+    return _csr(H - c), c
+
+
+def _csr(X: np.ndarray) -> sp.csr_matrix:
+    """``X`` as a CSR matrix, built directly (scipy's own conversion of a dense
+    array takes several times as long)."""
+    nonzero = X != 0
+    indptr = np.concatenate([[0], np.cumsum(nonzero.sum(axis=1))])
+    return sp.csr_matrix((X[nonzero], np.nonzero(nonzero)[1], indptr), shape=X.shape)
 
 
 # ---------------------------------------------------------------- fast path
@@ -343,7 +366,8 @@ def split_constant(H: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
 
 def _solve_highs(layer, R, *, n_jobs, exact, warm_start, time_limit_s, bar) -> LayerSolution:
     """Solve all units with highspy, in chunks shared by this process and
-    ``n_jobs - 1`` helper processes (see ``lpinit.parallel``)."""
+    ``n_jobs - 1`` helper processes (see ``lpinit.parallel``); ``n_jobs=None``:
+    as many as there are cores, if starting them pays."""
     units = R.shape[1]
     if not layer.free.any():  # dual fixing fixed everything: nothing left to solve
         bar.update(units)
@@ -354,12 +378,14 @@ def _solve_highs(layer, R, *, n_jobs, exact, warm_start, time_limit_s, bar) -> L
     else:
         solve_chunk = partial(_solve_lp_chunk, warm_start=warm_start, time_limit_s=time_limit_s)
     solution = LayerSolution.empty(units, len(layer.free))
-    solution.workers = max(1, min(n_jobs, units // MIN_UNITS_PER_WORKER))
-    chunks = map_chunks(
-        solve_chunk, (layer, R), order, solution.workers - 1, tick=bar.update, helper_setup=_one_highs_thread
+    most = min(cpu_count() if n_jobs is None else n_jobs, units // MIN_UNITS_PER_WORKER)
+    parts, helpers = map_chunks(
+        solve_chunk, (layer, R), order, max(0, most - 1), start_helpers="auto" if n_jobs is None else "always",
+        tick=bar.update, helper_setup=_one_highs_thread,
     )
-    for chunk, part in chunks:
+    for chunk, part in parts:
         solution.put(chunk, part)
+    solution.workers = 1 + helpers
     return solution
 
 
@@ -754,13 +780,12 @@ def _as_float_array(x, name: str, ndim: int, shape_hint: str) -> np.ndarray:
     return array
 
 
-def _check_n_jobs(n_jobs) -> int:
+def _check_n_jobs(n_jobs) -> None:
     if n_jobs is None:
-        return cpu_count()
+        return
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)):
         raise TypeError(f"Expected n_jobs to be a positive int or None (all cores), got {n_jobs!r}.")
     if n_jobs < 1:
         raise ValueError(
             f"Expected n_jobs >= 1 or None (all cores), got {n_jobs}. Pass n_jobs=1 to solve in this process."
         )
-    return int(n_jobs)

@@ -1,0 +1,113 @@
+"""lpinit.parallel: every unit solved exactly once, here and in helper
+processes; helpers started only when they pay; errors reach the caller and
+leave no file behind."""
+
+import glob
+import os
+import tempfile
+
+import numpy as np
+import pytest
+
+from lpinit import parallel
+from lpinit.parallel import _GuidedChunks, helpers_worth_starting, map_chunks
+
+
+def square_units(data, units, *, threads, tick=None):
+    """A chunk's work: ``data[units] ** 2``, and which process did it."""
+    if tick is not None:
+        tick(len(units))
+    return data[units] ** 2, os.getpid(), threads
+
+
+def fail_on_unit_7(data, units, *, threads, tick=None):
+    if 7 in units and threads == 1:  # in a helper
+        raise ValueError("unit 7 cannot be solved")
+    return square_units(data, units, threads=threads)
+
+
+def assert_each_unit_once(parts, order, data):
+    units = np.concatenate([chunk for chunk, _ in parts])
+    assert sorted(units.tolist()) == sorted(order.tolist())
+    for chunk, (squares, _, _) in parts:
+        np.testing.assert_array_equal(squares, data[chunk] ** 2)
+
+
+@pytest.mark.parametrize("units, workers", [(1, 1), (7, 2), (100, 2), (1000, 4)])
+def test_guided_chunks_cover_every_unit_once_and_shrink(units, workers):
+    order = np.random.default_rng(units).permutation(units)
+    schedule = _GuidedChunks(order, workers)
+    chunks = []
+    while schedule.units_left:
+        chunks.append(schedule.next())
+    np.testing.assert_array_equal(np.concatenate(chunks), order)  # in order, each once
+    sizes = [len(c) for c in chunks]
+    assert sizes == sorted(sizes, reverse=True)
+    assert all(size >= parallel.MIN_CHUNK_UNITS for size in sizes[:-1])
+    assert sizes[0] <= max(parallel.MIN_CHUNK_UNITS, -(-units // (parallel.CHUNKS_PER_WORKER * workers)))
+
+
+def test_no_helpers_solves_everything_here():
+    data, order = np.arange(50.0), np.arange(50)[::-1]
+    ticks = []
+    parts, helpers = map_chunks(square_units, data, order, 0, tick=ticks.append)
+    assert helpers == 0 and sum(ticks) == 50
+    assert_each_unit_once(parts, order, data)
+    assert {pid for _, (_, pid, _) in parts} == {os.getpid()}
+
+
+def test_helpers_and_this_process_share_the_units():
+    data, order = np.linspace(-1, 1, 400), np.random.default_rng(0).permutation(400)
+    ticks = []
+    parts, helpers = map_chunks(square_units, data, order, 1, start_helpers="always", tick=ticks.append)
+    assert helpers == 1 and sum(ticks) == 400
+    assert_each_unit_once(parts, order, data)
+    where = {(pid == os.getpid(), threads) for _, (_, pid, threads) in parts}
+    assert where == {(True, 0), (False, 1)}  # both worked, helpers on one thread
+
+
+def test_an_error_in_a_helper_reaches_the_caller_and_removes_the_file():
+    before = set(glob.glob(_shared_pattern()))
+    with pytest.raises(ValueError, match="unit 7"):
+        map_chunks(fail_on_unit_7, np.arange(64.0), np.arange(64), 1, start_helpers="always")
+    assert set(glob.glob(_shared_pattern())) == before
+
+
+def _shared_pattern() -> str:
+    folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    return os.path.join(folder, "lpinit-*.pkl")
+
+
+def test_helpers_are_started_only_when_the_work_repays_it(monkeypatch):
+    monkeypatch.setattr(parallel, "running_helpers", lambda: 0)  # none up
+    data, order = np.arange(200.0), np.arange(200)
+    monkeypatch.setattr(parallel, "HELPER_START_S", 1e6)  # far more than the work
+    parts, helpers = map_chunks(square_units, data, order, 1)
+    assert helpers == 0
+    assert_each_unit_once(parts, order, data)
+    monkeypatch.setattr(parallel, "HELPER_START_S", 1e-9)  # next to free: worth it
+    parts, helpers = map_chunks(square_units, data, order, 1)
+    assert helpers == 1
+    assert_each_unit_once(parts, order, data)
+
+
+def test_helpers_that_are_up_are_used(monkeypatch):
+    parallel.start_helpers(1)
+    monkeypatch.setattr(parallel, "HELPER_START_S", 1e6)  # would never be started for this
+    monkeypatch.setattr(parallel, "running_helpers", lambda: 1)
+    parts, helpers = map_chunks(square_units, np.arange(100.0), np.arange(100), 1)
+    assert helpers == 1
+
+
+def test_one_helper_per_payback_of_work():
+    start = parallel.HELPER_START_S * parallel.START_PAYBACK
+    assert helpers_worth_starting(0.0) == 0
+    assert helpers_worth_starting(0.99 * start) == 0
+    assert helpers_worth_starting(start) == 1
+    assert helpers_worth_starting(3.5 * start) == 3
+
+
+def test_stopped_helpers_are_not_counted_as_running():
+    parallel.start_helpers(1)
+    parallel.stop_helpers()
+    assert parallel.running_helpers() == 0
