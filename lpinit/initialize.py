@@ -193,7 +193,10 @@ def lp_initialize(
         layers: names of the layers to adjust (default: all ReLU-fed Linears).
         solver: ``"highs"`` (highspy, hot-started, parallel) or ``"cvxpy"``
             (the readable reference; same optimum).
-        n_jobs: worker processes for the highs path (default: all cores).
+        n_jobs: processes for the highs path, this one included. ``None``: up
+            to one per core; helper processes that are up are used, others are
+            started only for layers whose LPs repay it (``start_helpers``
+            starts them ahead of time).
         time_limit_s: per-unit time limit in seconds.
         exact: solve the mixed-integer version (minimize the count below the
             margin) instead of the LP; for small layers only.

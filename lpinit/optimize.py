@@ -25,7 +25,7 @@ from torch import nn
 from lpinit.counting import count_relu_zeros
 from lpinit.data import load_mnist
 from lpinit.initialize import lp_initialize
-from lpinit.lp import SOLVERS
+from lpinit.lp import SOLVERS, start_helpers
 from lpinit.models import mlp, seed_mlp
 from lpinit.validation import LPInitError
 
@@ -92,7 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--margin", type=_non_negative_float, default=0.1,
         help="target pre-activation relative to its spread (default 0.1)")
     add("--solver", choices=SOLVERS, default="highs", help="highs (fast, default) or cvxpy (reference)")
-    add("--jobs", type=_positive_int, default=None, help="worker processes (default: all cores)")
+    add("--jobs", type=_positive_int, default=None,
+        help="processes for the highs solver: this one and jobs-1 helpers, started while the data "
+             "loads (default: one per core)")
     add("--time-limit", type=_non_negative_float, default=None, help="per-unit time limit in seconds")
     add("--seed", type=int, default=0, help="seeds the model's init and the batch choice (default 0)")
     add("--exact", action="store_true", help="solve the mixed-integer version (small layers only)")
@@ -116,6 +118,10 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    if args.solver == "highs" and args.jobs != 1:
+        # start the LP's helper processes now: they take ~0.5 s, which the
+        # data loading below hides, and the LP then uses them from its start
+        start_helpers(args.jobs)
     train_images, _ = load_mnist(train=True)
     test_images, _ = load_mnist(train=False)
     generator = torch.Generator().manual_seed(args.seed)

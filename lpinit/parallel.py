@@ -12,8 +12,9 @@
   could compute.
 - *Helpers are started when they pay.* They are joblib's loky worker
   processes and stay up between calls for ``IDLE_WORKER_TIMEOUT_S``. If none
-  is up, this process times its first chunk and starts helpers only for work
-  of at least ``START_PAYBACK`` times what starting them costs
+  is up, this process times its first ``PILOT_UNITS`` units and starts
+  helpers only for work of at least ``START_PAYBACK`` times what starting them
+  costs
   (``HELPER_START_S``); ``start_helpers`` starts them ahead of time.
 - *Helpers never wait for this process.* Each has one chunk running and one
   waiting, refilled from the chunks' done-callbacks.
@@ -49,6 +50,9 @@ HELPER_START_S = 0.5
 """What starting one helper costs (a core's seconds): a loky process that
 imports numpy, scipy and HiGHS took 0.45-0.6 s on the 2-core test machine."""
 
+PILOT_UNITS = 16
+"""With no helper up, this process first times this many units alone."""
+
 START_PAYBACK = 10
 """Helpers are started for work of at least this many start times each."""
 
@@ -73,9 +77,9 @@ def map_chunks(solve_chunk, data, order, helpers, *, start_helpers="auto", tick=
         order: the units, in the order to hand them out.
         helpers: the most helper processes to use besides this one.
         start_helpers: ``"auto"``: use the helpers if they are up; if not,
-            start them only when the work left after this process's first
-            chunk repays it (see ``helpers_worth_starting``). ``"always"``:
-            start them in any case.
+            time ``PILOT_UNITS`` units here and start them only when the rest
+            of the work repays it (see ``helpers_worth_starting``).
+            ``"always"``: start them in any case.
         tick: ``tick(n)`` when n more units are done (e.g. a progress bar's update).
         helper_setup: a module-level function run in a helper before each chunk.
     """
@@ -85,9 +89,9 @@ def map_chunks(solve_chunk, data, order, helpers, *, start_helpers="auto", tick=
     if helpers and start_helpers == "auto":
         if running_helpers():
             helpers = min(helpers, running_helpers())
-        else:  # time a first chunk here: is the rest worth starting helpers for?
+        else:  # time a few units here: is the rest worth starting helpers for?
             began = time.perf_counter()
-            chunk = schedule.next()
+            chunk = schedule.next(largest=PILOT_UNITS)
             parts.append((chunk, solve_chunk(data, chunk, threads=0, tick=tick)))
             seconds_left = (time.perf_counter() - began) / len(chunk) * schedule.units_left
             helpers = min(helpers, helpers_worth_starting(seconds_left))
@@ -156,8 +160,9 @@ class _GuidedChunks:
     def units_left(self) -> int:
         return len(self.order) - self.start
 
-    def next(self) -> np.ndarray:
+    def next(self, largest: int | None = None) -> np.ndarray:
         size = max(MIN_CHUNK_UNITS, -(-self.units_left // (CHUNKS_PER_WORKER * self.workers)))
+        size = min(size, largest or size)
         chunk = self.order[self.start : self.start + size]
         self.start += len(chunk)
         return chunk

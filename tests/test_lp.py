@@ -281,6 +281,22 @@ def test_an_answer_that_stays_wrong_is_failed_and_changes_nothing(monkeypatch):
     assert not solution.delta_weight.any() and np.isnan(solution.objective).all()
 
 
+def test_by_default_a_small_layer_starts_no_helper(monkeypatch):
+    from lpinit import parallel
+
+    monkeypatch.setattr(parallel, "running_helpers", lambda: 0)  # none up
+    H, W, b = background_layer(10, k=2 * lp.MIN_UNITS_PER_WORKER)
+    solution = solve_layer(H, W, b, weight_bound=0.2, bias_bound=0.1, margin=2.0)  # a fraction of a second
+    assert solution.workers == 1
+    assert solution.status_counts() == {"optimal": len(W)}
+
+
+@pytest.mark.parametrize("n_jobs", [0, -1, 1.5, True])
+def test_start_helpers_rejects_a_bad_n_jobs(n_jobs):
+    with pytest.raises((ValueError, TypeError), match="n_jobs"):
+        lp.start_helpers(n_jobs)
+
+
 def test_processes_give_the_serial_result():
     H, W, b = background_layer(10, k=2 * lp.MIN_UNITS_PER_WORKER)
     bounds = dict(weight_bound=0.2, bias_bound=0.1, margin=2.0)  # every unit needs an LP
