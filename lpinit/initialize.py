@@ -60,6 +60,7 @@ class LayerReport:
     iterations: int
     solver_time_s: float
     wall_time_s: float
+    processes: int  # that solved the LPs: this one and any helpers
     max_abs_weight_change: float
     relative_change: float  # ||[dW, db]||_F / ||[W, b]||_F
 
@@ -99,7 +100,7 @@ class LPInitReport:
         head = (
             f"{'layer':<8}{'shape':>10}{'rho_w':>10}{'rho_b':>9}{'margin':>9}"
             f"{'<m before':>11}{'after':>8}{'zeros before':>14}{'after':>8}"
-            f"{'LP obj':>10}{'opt/tl/fail':>13}{'max|dW|':>9}{'rel':>7}{'time s':>8}"
+            f"{'LP obj':>10}{'opt/tl/fail':>13}{'max|dW|':>9}{'rel':>7}{'time s':>8}{'proc':>5}"
         )
         rows = [head]
         for r in self.layers:
@@ -110,7 +111,7 @@ class LPInitReport:
                 f"{r.bias_bound:>9.3f}{r.margin:>9.3f}{r.below_margin_before:>11,}"
                 f"{r.below_margin_after:>8,}{r.zeros_before:>14,}{r.zeros_after:>8,}"
                 f"{r.lp_objective:>10.2f}{statuses:>13}{r.max_abs_weight_change:>9.2e}"
-                f"{r.relative_change:>7.3f}{r.wall_time_s:>8.2f}"
+                f"{r.relative_change:>7.3f}{r.wall_time_s:>8.2f}{r.processes:>5}"
             )
         before = self.network_zeros_before / max(self.network_elements, 1)
         after = self.network_zeros_after / max(self.network_elements, 1)
@@ -295,6 +296,7 @@ def _initialize_layer(model, params, batch, name, layer, *, radius, margin, **so
         iterations=int(solution.iterations.sum()),
         solver_time_s=float(solution.solver_time_s.sum()),
         wall_time_s=solution.wall_time_s,
+        processes=solution.workers,
         max_abs_weight_change=float(np.abs(solution.delta_weight).max(initial=0.0)),
         relative_change=change / scale if scale > 0 else float("nan"),
     )

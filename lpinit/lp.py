@@ -135,7 +135,7 @@ class LayerSolution:
     solver_time_s: np.ndarray  # (k,) seconds in HiGHS calls; 0 for units settled without HiGHS
     wall_time_s: float = 0.0
     resolves: int = 0  # units solved again from scratch after failing the optimality check
-    workers: int = 1  # processes (or threads) used for this layer
+    workers: int = 1  # processes that solved this layer: this one and any helpers
 
     @classmethod
     def empty(cls, units: int, in_features: int) -> LayerSolution:
