@@ -201,18 +201,25 @@ def main() -> None:
               f"{again['share']:.0%} with helpers up, {first['share']:.0%} while they start (>= 90%)")
 
     if args.batch_sizes:
-        print(f"fast path by batch size (n_jobs={jobs}, helpers up):")
+        print(f"fast path by batch size: the default call with no helper up, and n_jobs={jobs} with helpers up")
         growth, previous = [], None
+        warm_up = layer_inputs(model, images[draw[:128]])[:1]  # a small layer, to bring the helpers up
         for size in (int(x) for x in args.batch_sizes.split(",")):
-            total = summarize(fast_path(layer_inputs(model, images[draw[:size]]), jobs))
-            line = (f"  batch {size:5d}: {total['wall_s']:7.2f} s wall, {total['highs_s']:7.2f} s in HiGHS "
-                    f"(share {total['share']:.0%}), {1e3 * total['wall_s'] / units:6.1f} ms/unit")
+            layers_n = layer_inputs(model, images[draw[:size]])
+            stop_helpers()
+            default_n = summarize(fast_path(layers_n, None))
+            fast_path(warm_up, jobs)
+            total = summarize(fast_path(layers_n, jobs))
+            line = (f"  batch {size:5d}: default {default_n['wall_s']:7.2f} s, {default_n['processes']} process(es), "
+                    f"share {default_n['share']:.0%}; helpers up {total['wall_s']:7.2f} s wall, "
+                    f"{total['highs_s']:7.2f} s in HiGHS (share {total['share']:.0%}), "
+                    f"{1e3 * total['wall_s'] / units:6.1f} ms/unit")
             if previous:
                 ratio = total["wall_s"] / previous[1]
                 exponent = math.log(ratio) / math.log(size / previous[0])
                 line += f", x{ratio:.1f} for x{size / previous[0]:.0f} samples (~n^{exponent:.1f})"
             print(line)
-            growth.append(dict(batch_size=size, **total))
+            growth.append(dict(batch_size=size, default=default_n, **total))
             previous = (size, total["wall_s"])
         record["batch_sizes"] = growth
 
