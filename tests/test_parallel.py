@@ -73,6 +73,23 @@ def test_an_error_in_a_helper_reaches_the_caller_and_removes_the_file():
     assert set(glob.glob(_shared_pattern())) == before
 
 
+def die_in_helper(data, units, *, threads, tick=None):
+    if threads == 1:  # a helper process dies mid-chunk
+        os._exit(1)
+    return square_units(data, units, threads=threads)
+
+
+def test_a_helper_that_dies_raises_here_and_the_next_call_works():
+    before = set(glob.glob(_shared_pattern()))
+    with pytest.raises(Exception, match="(?i)worker|process"):
+        map_chunks(die_in_helper, np.arange(64.0), np.arange(64), 1, start_helpers="always")
+    assert set(glob.glob(_shared_pattern())) == before
+    data, order = np.arange(100.0), np.arange(100)
+    parts, helpers = map_chunks(square_units, data, order, 1, start_helpers="always")
+    assert helpers == 1
+    assert_each_unit_once(parts, order, data)
+
+
 def _shared_pattern() -> str:
     folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
     return os.path.join(folder, "lpinit-*.pkl")
