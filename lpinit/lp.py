@@ -76,7 +76,6 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from lpinit import parallel
-from lpinit.parallel import map_chunks
 from lpinit.validation import check_choice, check_finite, check_non_negative
 
 SOLVERS = ("highs", "cvxpy")
@@ -273,7 +272,7 @@ class Layer:
     c: np.ndarray  # (free.sum(),) column shift; zeros when the shift does not pay
     row_norm1: np.ndarray  # (n,) |H_i[free]|_1, for the big-M of exact mode
     weight_bound: float
-    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # names the layer in worker processes
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells its cached workspace apart (_workspace)
 
     @classmethod
     def from_input(cls, H: np.ndarray, weight_bound: float, bias_bound: float) -> Layer:
@@ -379,7 +378,7 @@ def _solve_highs(layer, R, *, n_jobs, exact, warm_start, time_limit_s, bar) -> L
         solve_chunk = partial(_solve_lp_chunk, warm_start=warm_start, time_limit_s=time_limit_s)
     solution = LayerSolution.empty(units, len(layer.free))
     most = min(cpu_count() if n_jobs is None else n_jobs, units // MIN_UNITS_PER_WORKER)
-    parts, helpers = map_chunks(
+    parts, helpers = parallel.map_chunks(
         solve_chunk, (layer, R), order, max(0, most - 1), start_helpers="auto" if n_jobs is None else "always",
         tick=bar.update, helper_setup=_one_highs_thread,
     )

@@ -95,6 +95,7 @@ def map_chunks(solve_chunk, data, order, helpers, *, start_helpers="auto", tick=
             parts.append((chunk, solve_chunk(data, chunk, threads=0, tick=tick)))
             seconds_left = (time.perf_counter() - began) / len(chunk) * schedule.units_left
             helpers = min(helpers, helpers_worth_starting(seconds_left))
+        schedule.workers = helpers + 1
     if helpers:
         parts += _with_helpers(solve_chunk, data, schedule, helpers, tick, helper_setup)
     while schedule.units_left:
@@ -111,16 +112,19 @@ def helpers_worth_starting(seconds_of_work: float) -> int:
 
 
 def running_helpers() -> int:
-    """Helper processes up now (0 if joblib's pool is down or busy elsewhere)."""
+    """Helper processes up now (0 if the pool is down, or joblib replaced it)."""
     executor = _pool.get("executor")
-    if executor is None or executor._flags.shutdown or executor._flags.broken:
+    flags = getattr(executor, "_flags", None)  # loky's own state: no public API tells whether a pool is up
+    if flags is None or flags.shutdown or flags.broken:
         return 0
-    return len(executor._processes)
+    return len(getattr(executor, "_processes", ()))
 
 
 def start_helpers(helpers: int, preload: tuple[str, ...] = ()) -> None:
     """Start ``helpers`` helper processes now, without waiting for them, so
     that later calls find them up; each imports the modules ``preload``."""
+    if helpers < 1:
+        return
     executor = _helper_pool(helpers)
     for _ in range(helpers):
         executor.submit(_import, preload)

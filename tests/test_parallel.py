@@ -124,6 +124,12 @@ def test_one_helper_per_payback_of_work():
     assert helpers_worth_starting(3.5 * start) == 3
 
 
+def test_starting_no_helper_starts_nothing():
+    parallel.stop_helpers()
+    parallel.start_helpers(0)
+    assert parallel.running_helpers() == 0
+
+
 def test_stopped_helpers_are_not_counted_as_running():
     parallel.start_helpers(1)
     parallel.stop_helpers()
