@@ -428,10 +428,7 @@ def _solve_lp_chunk(layer_and_R, chunk, *, threads, warm_start, time_limit_s, ti
         D[:] = crash.points(net_R)
         # a start that meets every margin is optimal as it is (objective 0)
         met = np.flatnonzero((dense.shortfall(R, D) <= 0).all(axis=0))
-        solution.delta_weight[met] = layer.full_delta(D[:, met].T)
-        solution.delta_bias[met] = layer.bias_delta
-        solution.objective[met] = 0.0
-        solution.status[met] = OPTIMAL
+        _accept(layer, met, D[:, met], np.zeros(len(met)), solution)
     solved = np.zeros(units, dtype=bool)  # by HiGHS, to be checked
     for k in range(units):
         if solution.status[k] != OPTIMAL:
@@ -522,12 +519,18 @@ def _keep_proven(layer, R, D, Y, units, solution) -> np.ndarray:
     gap = objective[check] - layer.dual_bound(R[:, units[check]], Y[:, units[check]])
     scale = 1.0 + np.maximum(R[:, units[check]], 0.0).sum(axis=0)  # the objective at d = 0, e = 0
     proven[check] = gap <= GAP_TOLERANCE * scale
-    kept = units[proven]
-    solution.delta_weight[kept] = layer.full_delta(d[:, proven].T)
-    solution.delta_bias[kept] = layer.bias_delta
-    solution.objective[kept] = objective[proven]
+    _accept(layer, units[proven], d[:, proven], objective[proven], solution)
     solution.status[units[~proven]] = FAILED
     return units[~proven]
+
+
+def _accept(layer, units, d, objective, solution) -> None:
+    """Write into ``solution`` the optimal answers of ``units``: the free
+    weights' changes ``d`` (one column per unit) and their objectives."""
+    solution.delta_weight[units] = layer.full_delta(d.T)
+    solution.delta_bias[units] = layer.bias_delta
+    solution.objective[units] = objective
+    solution.status[units] = OPTIMAL
 
 
 def _solve_mip_chunk(layer_and_R, chunk, *, threads, time_limit_s, tick=None) -> LayerSolution:
