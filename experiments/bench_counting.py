@@ -58,8 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timings per method (median reported)")
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--loop-images", type=int, default=200,
-                        help="images for the notebook's element loop (extrapolated to all)")
+    parser.add_argument(
+        "--loop-images", type=int, default=200, help="images for the notebook's element loop (extrapolated to all)"
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -73,9 +74,7 @@ def main() -> None:
         times["forward"].append(timed(plain_forward, model, images, args.batch_size)[0])
         elapsed, result = timed(count_relu_zeros, model, images, args.batch_size)
         times["count"].append(elapsed)
-        times["count_no_patterns"].append(
-            timed(count_relu_zeros, model, images, args.batch_size, patterns=False)[0]
-        )
+        times["count_no_patterns"].append(timed(count_relu_zeros, model, images, args.batch_size, patterns=False)[0])
     median = {k: statistics.median(v) for k, v in times.items()}
 
     subset = images[: args.loop_images]
@@ -83,20 +82,30 @@ def main() -> None:
     subset_result = count_relu_zeros(model, subset)
     loop_all_s = loop_s * n / subset.shape[0]
 
-    print(f"seed MLP (default init, seed 0), {n:,} MNIST test images, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"  total zeros: {result.total_zeros:,} of {result.total_elements:,} "
-          f"({result.zero_fraction:.4f}); distinct patterns {result.distinct_patterns:,}")
+    print(
+        f"seed MLP (default init, seed 0), {n:,} MNIST test images, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}"
+    )
+    print(
+        f"  total zeros: {result.total_zeros:,} of {result.total_elements:,} "
+        f"({result.zero_fraction:.4f}); distinct patterns {result.distinct_patterns:,}"
+    )
     print(f"  {'plain forward pass':<38}{median['forward']:>9.3f} s   1.00x")
-    for key, label in (("count", "count_relu_zeros (with patterns)"),
-                       ("count_no_patterns", "count_relu_zeros (patterns=False)")):
+    for key, label in (
+        ("count", "count_relu_zeros (with patterns)"),
+        ("count_no_patterns", "count_relu_zeros (patterns=False)"),
+    ):
         print(f"  {label:<38}{median[key]:>9.3f} s   {median[key] / median['forward']:.2f}x")
-    print(f"  {'notebook element loop (extrapolated)':<38}{loop_all_s:>9.1f} s   "
-          f"{loop_all_s / median['forward']:.0f}x  "
-          f"(timed on {subset.shape[0]} images: {loop_s:.2f} s)")
+    print(
+        f"  {'notebook element loop (extrapolated)':<38}{loop_all_s:>9.1f} s   "
+        f"{loop_all_s / median['forward']:.0f}x  "
+        f"(timed on {subset.shape[0]} images: {loop_s:.2f} s)"
+    )
     agree = "agree" if loop_zeros == subset_result.total_zeros else "DISAGREE"
-    print(f"  on those {subset.shape[0]} images the loop and count_relu_zeros {agree}: "
-          f"{loop_zeros:,} vs {subset_result.total_zeros:,} zeros")
+    print(
+        f"  on those {subset.shape[0]} images the loop and count_relu_zeros {agree}: "
+        f"{loop_zeros:,} vs {subset_result.total_zeros:,} zeros"
+    )
     ratio = median["count"] / median["forward"]
     print(f"counting / forward = {ratio:.2f} (goal <= 1.25): {'met' if ratio <= 1.25 else 'NOT met'}")
 

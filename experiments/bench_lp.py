@@ -53,8 +53,7 @@ def layer_inputs(model: nn.Module, images: torch.Tensor) -> list[tuple]:
     inputs = {}
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     hooks = [
-        m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0]))
-        for name, m in linears
+        m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0])) for name, m in linears
     ]
     with torch.no_grad():
         model(images)
@@ -76,7 +75,7 @@ def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin) -> tuple[float, np.nd
     """(i): a new cvxpy problem for every unit. Returns seconds and objectives."""
     start = time.perf_counter()
     objectives = []
-    for w, bias in zip(W, b):
+    for w, bias in zip(W, b, strict=True):
         d, e, s = cp.Variable(H.shape[1]), cp.Variable(), cp.Variable(H.shape[0], nonneg=True)
         box = [cp.abs(d) <= weight_bound, cp.abs(e) <= bias_bound]
         problem = cp.Problem(cp.Minimize(cp.sum(s)), [H @ (w + d) + bias + e + s >= margin, *box])
@@ -87,16 +86,16 @@ def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin) -> tuple[float, np.nd
 
 def fast_path(layers, jobs, **options) -> list[tuple]:
     """(iii) on every layer in turn: ``[(name, LayerSolution)]``."""
-    return [(name, solve_layer(H, W, b, n_jobs=jobs, **options, **benchmark_bounds(H, W, b)))
-            for name, H, W, b in layers]
+    return [
+        (name, solve_layer(H, W, b, n_jobs=jobs, **options, **benchmark_bounds(H, W, b))) for name, H, W, b in layers
+    ]
 
 
 def summarize(results) -> dict[str, float]:
     wall = sum(s.wall_time_s for _, s in results)
     inside = sum(s.solver_time_s.sum() for _, s in results)
     capacity = sum(s.wall_time_s * s.workers for _, s in results)
-    return dict(wall_s=wall, highs_s=inside, share=inside / capacity,
-                processes=max(s.workers for _, s in results))
+    return dict(wall_s=wall, highs_s=inside, share=inside / capacity, processes=max(s.workers for _, s in results))
 
 
 def median_run(layers, jobs, repeats) -> tuple[list, dict]:
@@ -109,33 +108,43 @@ def median_run(layers, jobs, repeats) -> tuple[list, dict]:
 
 def print_layers(layers, results) -> None:
     """What the reductions left of each layer's LPs, and how the units went."""
-    for (name, H, W, b), (_, s) in zip(layers, results):
+    for (name, H, W, b), (_, s) in zip(layers, results, strict=True):
         layer = Layer.from_input(H, benchmark_bounds(H, W, b)["weight_bound"], 0.0)
         no_run = int(((s.iterations == 0) & (s.solver_time_s == 0)).sum())
         counts = ", ".join(f"{k} {v}" for k, v in s.status_counts().items())
-        print(f"    {name}: {len(s.status)} units; the LP keeps {layer.free.sum()} of {H.shape[1]} weights "
-              f"and {layer.S.nnz} of their {np.count_nonzero(H[:, layer.free])} nonzeros; "
-              f"{no_run} units need no HiGHS run; {s.iterations.mean():.1f} iterations/unit; "
-              f"workers {s.workers}, {s.wall_time_s:.2f} s; re-solved {s.resolves}; {counts}")
+        print(
+            f"    {name}: {len(s.status)} units; the LP keeps {layer.free.sum()} of {H.shape[1]} weights "
+            f"and {layer.S.nnz} of their {np.count_nonzero(H[:, layer.free])} nonzeros; "
+            f"{no_run} units need no HiGHS run; {s.iterations.mean():.1f} iterations/unit; "
+            f"workers {s.workers}, {s.wall_time_s:.2f} s; re-solved {s.resolves}; {counts}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=256, help="MNIST training images per batch")
     parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batch draw")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="workers for the fast path (default: all cores)")
-    parser.add_argument("--reference-units", type=int, default=10,
-                        help="units per layer timed for (i) and (ii), extrapolated to all units")
+    parser.add_argument("--jobs", type=int, default=None, help="workers for the fast path (default: all cores)")
+    parser.add_argument(
+        "--reference-units",
+        type=int,
+        default=10,
+        help="units per layer timed for (i) and (ii), extrapolated to all units",
+    )
     parser.add_argument("--skip-reference", action="store_true", help="time the fast path only")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="runs with helpers up, of which the median is shown")
-    parser.add_argument("--warm-start-too", action="store_true",
-                        help="also time the fast path with warm_start=True, in one process (~12 s)")
-    parser.add_argument("--batch-sizes", type=str, default="",
-                        help="comma-separated batch sizes to time the fast path on, e.g. 128,256,512")
-    parser.add_argument("--json", type=str, default="",
-                        help="also write the settings and figures to this file")
+    parser.add_argument("--repeats", type=int, default=5, help="runs with helpers up, of which the median is shown")
+    parser.add_argument(
+        "--warm-start-too",
+        action="store_true",
+        help="also time the fast path with warm_start=True, in one process (~12 s)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=str,
+        default="",
+        help="comma-separated batch sizes to time the fast path on, e.g. 128,256,512",
+    )
+    parser.add_argument("--json", type=str, default="", help="also write the settings and figures to this file")
     args = parser.parse_args()
     jobs = args.jobs or cpu_count()
 
@@ -145,8 +154,10 @@ def main() -> None:
     draw = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(args.seed))
     layers = layer_inputs(model, images[draw[: args.batch_size]])
     units = sum(W.shape[0] for _, _, W, _ in layers)
-    print(f"seed MLP (default init, seed {args.seed}), {args.batch_size} MNIST training images, "
-          f"{units} units in {len(layers)} layers, {jobs} workers for the fast path")
+    print(
+        f"seed MLP (default init, seed {args.seed}), {args.batch_size} MNIST training images, "
+        f"{units} units in {len(layers)} layers, {jobs} workers for the fast path"
+    )
     record = dict(settings=vars(args) | {"jobs": jobs})
 
     # Helper processes stay up between calls (lpinit.parallel): stop them
@@ -167,8 +178,10 @@ def main() -> None:
     print("(iii) fast path, whole MLP:")
     for label, total in totals.items():
         extra = f" (range {total['share_min']:.0%}-{total['share_max']:.0%})" if "repeats" in total else ""
-        print(f"  {label:<38}{total['wall_s']:6.2f} s wall, {total['processes']} process(es), "
-              f"{total['highs_s']:5.2f} s in HiGHS, share {total['share']:.0%}{extra}")
+        print(
+            f"  {label:<38}{total['wall_s']:6.2f} s wall, {total['processes']} process(es), "
+            f"{total['highs_s']:5.2f} s in HiGHS, share {total['share']:.0%}{extra}"
+        )
     print("  per layer, default call:")
     print_layers(layers, runs[default_label])
     record["fast"] = totals
@@ -176,7 +189,7 @@ def main() -> None:
 
     if not args.skip_reference:
         naive_s = dpp_s = worst = 0.0
-        for (name, H, W, b), (_, fast) in zip(layers, runs[default_label]):
+        for (_, H, W, b), (_, fast) in zip(layers, runs[default_label], strict=True):
             m = min(args.reference_units, W.shape[0])
             bounds = benchmark_bounds(H, W, b)
             seconds, naive_objective = naive_cvxpy(H, W[:m], b[:m], **bounds)
@@ -187,18 +200,22 @@ def main() -> None:
                 difference = np.abs(other - fast.objective[:m]) / np.maximum(1.0, np.abs(other))
                 worst = max(worst, float(difference.max()))
         record.update(naive_cvxpy_s=naive_s, dpp_cvxpy_s=dpp_s, max_objective_difference=worst)
-        print(f"all {units} units; (i) and (ii) timed on the first {args.reference_units} units of each "
-              "layer and extrapolated:")
+        print(
+            f"all {units} units; (i) and (ii) timed on the first {args.reference_units} units of each "
+            "layer and extrapolated:"
+        )
         rows = [("(i)   cvxpy, rebuilt per unit", naive_s), ("(ii)  cvxpy, DPP (solver='cvxpy')", dpp_s)]
         rows += [(f"(iii) {label}", total["wall_s"]) for label, total in totals.items()]
         rows.append((f"HiGHS alone: its time ({again_label}) / {jobs}", again["highs_s"] / jobs))
         for label, seconds in rows:
             print(f"  {label:<48}{seconds:8.2f} s   (i) / this = {naive_s / seconds:6.1f}x")
         print(f"  objectives of (i), (ii) and (iii) agree to {worst:.1e} (relative, on the units timed)")
-        print(f"goals: (i)/(iii) = {naive_s / default['wall_s']:.0f}x by default, "
-              f"{naive_s / again['wall_s']:.0f}x with helpers up (>= 20x); whole MLP {default['wall_s']:.1f} s / "
-              f"{again['wall_s']:.1f} s (< 10 s); inside HiGHS {default['share']:.0%} by default, "
-              f"{again['share']:.0%} with helpers up, {first['share']:.0%} while they start (>= 90%)")
+        print(
+            f"goals: (i)/(iii) = {naive_s / default['wall_s']:.0f}x by default, "
+            f"{naive_s / again['wall_s']:.0f}x with helpers up (>= 20x); whole MLP {default['wall_s']:.1f} s / "
+            f"{again['wall_s']:.1f} s (< 10 s); inside HiGHS {default['share']:.0%} by default, "
+            f"{again['share']:.0%} with helpers up, {first['share']:.0%} while they start (>= 90%)"
+        )
 
     if args.batch_sizes:
         print(f"fast path by batch size: the default call with no helper up, and n_jobs={jobs} with helpers up")
@@ -210,10 +227,12 @@ def main() -> None:
             default_n = summarize(fast_path(layers_n, None))
             fast_path(warm_up, jobs)
             total = summarize(fast_path(layers_n, jobs))
-            line = (f"  batch {size:5d}: default {default_n['wall_s']:7.2f} s, {default_n['processes']} process(es), "
-                    f"share {default_n['share']:.0%}; helpers up {total['wall_s']:7.2f} s wall, "
-                    f"{total['highs_s']:7.2f} s in HiGHS (share {total['share']:.0%}), "
-                    f"{1e3 * total['wall_s'] / units:6.1f} ms/unit")
+            line = (
+                f"  batch {size:5d}: default {default_n['wall_s']:7.2f} s, {default_n['processes']} process(es), "
+                f"share {default_n['share']:.0%}; helpers up {total['wall_s']:7.2f} s wall, "
+                f"{total['highs_s']:7.2f} s in HiGHS (share {total['share']:.0%}), "
+                f"{1e3 * total['wall_s'] / units:6.1f} ms/unit"
+            )
             if previous:
                 ratio = total["wall_s"] / previous[1]
                 exponent = math.log(ratio) / math.log(size / previous[0])

@@ -26,12 +26,18 @@ def notebook_epoch(model, device) -> float:
     from lpinit import MNIST_MEAN, MNIST_STD
     from lpinit.data import ensure_mnist_raw
 
-    transform = torchvision.transforms.Compose([
-        torchvision.transforms.ToTensor(),
-        torchvision.transforms.Normalize((MNIST_MEAN,), (MNIST_STD,)),
-    ])
-    loader = DataLoader(MNIST(str(ensure_mnist_raw()), train=True, download=False, transform=transform),
-                        batch_size=64, shuffle=True, pin_memory=False)
+    transform = torchvision.transforms.Compose(
+        [
+            torchvision.transforms.ToTensor(),
+            torchvision.transforms.Normalize((MNIST_MEAN,), (MNIST_STD,)),
+        ]
+    )
+    loader = DataLoader(
+        MNIST(str(ensure_mnist_raw()), train=True, download=False, transform=transform),
+        batch_size=64,
+        shuffle=True,
+        pin_memory=False,
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     model.train()
     t0 = time.perf_counter()

@@ -37,9 +37,14 @@ FIXED_INITS = ("default", "kaiming_normal", "xavier_uniform", "orthogonal", "lsu
 PARAMETRIC_INITS = ("lp", "bias_shift")
 
 FAMILIES = {
-    "default": "random", "kaiming_normal": "random", "xavier_uniform": "random",
-    "orthogonal": "random", "lsuv": "data-dependent", "rai": "data-dependent",
-    "lp": "lp", "bias_shift": "bias_shift",
+    "default": "random",
+    "kaiming_normal": "random",
+    "xavier_uniform": "random",
+    "orthogonal": "random",
+    "lsuv": "data-dependent",
+    "rai": "data-dependent",
+    "lp": "lp",
+    "bias_shift": "bias_shift",
 }
 
 
@@ -131,8 +136,9 @@ def _layer_outputs(model: nn.Module, batch: torch.Tensor, layers: list[nn.Module
 
 
 @torch.no_grad()
-def lsuv_(model: nn.Module, batch: torch.Tensor, generator: torch.Generator,
-          tol: float = 0.01, max_iter: int = 20) -> list[float]:
+def lsuv_(
+    model: nn.Module, batch: torch.Tensor, generator: torch.Generator, tol: float = 0.01, max_iter: int = 20
+) -> list[float]:
     """Layer-sequential unit-variance init (Mishkin & Matas 2016, Algorithm 1).
 
     Orthogonal weights and zero biases, then for each Linear layer in forward
@@ -223,6 +229,7 @@ def bisect_bias_shift(z: torch.Tensor, target: float, iters: int = 60) -> float:
 
     The zero fraction falls monotonically as c grows; bracket, then bisect.
     """
+
     def frac(c: float) -> float:
         return float((z + c <= 0).float().mean())
 
@@ -250,11 +257,9 @@ def bias_shift_(model: nn.Module, batch: torch.Tensor, targets: list[float]) -> 
     so that its zero fraction on ``batch`` matches ``targets``; return the shifts."""
     layers = [layer for _, layer in relu_fed_linears(model, batch[:1])]
     if len(targets) != len(layers):
-        raise ValueError(
-            f"Expected one target zero fraction per ReLU-fed layer ({len(layers)}), got {len(targets)}."
-        )
+        raise ValueError(f"Expected one target zero fraction per ReLU-fed layer ({len(layers)}), got {len(targets)}.")
     shifts = []
-    for layer, target in zip(layers, targets):
+    for layer, target in zip(layers, targets, strict=True):
         (z,) = _layer_outputs(model, batch, [layer])
         c = bisect_bias_shift(z, target)
         layer.bias.add_(c)

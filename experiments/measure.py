@@ -14,12 +14,11 @@ from pathlib import Path
 
 import torch
 
+from experiments import stability
 from experiments.data import load_splits, lp_batch
 from experiments.inits import build_model, family, initialize, relu_zero_fractions
 from experiments.train import pick_device, train
 from lpinit import count_relu_zeros
-
-from experiments import stability
 
 
 def run_key(task: dict) -> str:
@@ -36,8 +35,13 @@ def zeros_summary(model, data, batch_size: int, patterns: bool = True) -> dict:
         "dead_units": z.dead_units,
         "distinct_patterns": z.distinct_patterns,
         "layers": {
-            s.name: {"zeros": s.zeros, "elements": s.elements, "zero_fraction": s.zero_fraction,
-                     "dead_units": int(s.dead_units.size), "units": s.units}
+            s.name: {
+                "zeros": s.zeros,
+                "elements": s.elements,
+                "zero_fraction": s.zero_fraction,
+                "dead_units": int(s.dead_units.size),
+                "units": s.units,
+            }
             for s in z.sites
         },
     }
@@ -49,6 +53,7 @@ def _lp_targets_cache(results_dir: Path, arch: str, seed: int, margin: float, ba
     The lp@ run of the same seed/arch writes them to ``lp_targets/``; if it has
     not yet, the LP is run here (deterministic given the seed) and cached.
     """
+
     def targets(radius: float) -> list[float]:
         path = results_dir / "lp_targets" / f"{arch}_seed{seed}_r{radius:g}_m{margin:g}.json"
         if path.is_file():
@@ -107,9 +112,15 @@ def run_one(task: dict, settings: dict) -> dict:
     model.to(device)
     history = train(
         model,
-        splits.train_x.to(device), splits.train_y.to(device),
-        splits.test_x.to(device), splits.test_y.to(device),
-        lr=lr, epochs=s["epochs"], batch_size=s["batch_size"], seed=seed, eval_batch=eb,
+        splits.train_x.to(device),
+        splits.train_y.to(device),
+        splits.test_x.to(device),
+        splits.test_y.to(device),
+        lr=lr,
+        epochs=s["epochs"],
+        batch_size=s["batch_size"],
+        seed=seed,
+        eval_batch=eb,
     )
     model.to("cpu")
     stability_rows += _stability_rows(model, stab_images, init, arch, seed, "trained")

@@ -8,10 +8,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from experiments.stats import flat_metrics, init_zero_source  # noqa: E402
+from experiments.stats import flat_metrics, init_zero_source
 
 
 def _by(records, *keys):
@@ -28,7 +28,7 @@ def _colors(inits):
 
 def _panels(archs):
     fig, axes = plt.subplots(1, len(archs), figsize=(6.5 * len(archs), 4.5), squeeze=False)
-    return fig, dict(zip(archs, axes[0]))
+    return fig, dict(zip(archs, axes[0], strict=True))
 
 
 def scatter_zeros_vs_accuracy(records, path: Path) -> Path:
@@ -38,12 +38,21 @@ def scatter_zeros_vs_accuracy(records, path: Path) -> Path:
     fig, axes = _panels(archs)
     for (arch, init), rs in _by(records, "arch", "init").items():
         m = [flat_metrics(r) for r in rs]
-        axes[arch].scatter([v["init_zero_fraction"] for v in m], [v["final_test_accuracy"] for v in m],
-                           color=colors[init], label=init, s=22, alpha=0.85)
+        axes[arch].scatter(
+            [v["init_zero_fraction"] for v in m],
+            [v["final_test_accuracy"] for v in m],
+            color=colors[init],
+            label=init,
+            s=22,
+            alpha=0.85,
+        )
     sources = "/".join(sorted({init_zero_source(r) for r in records}))
     for arch, ax in axes.items():
-        ax.set(title=f"arch={arch}", xlabel=f"ReLU-zero fraction at init ({sources} images)",
-               ylabel="final test accuracy (%)")
+        ax.set(
+            title=f"arch={arch}",
+            xlabel=f"ReLU-zero fraction at init ({sources} images)",
+            ylabel="final test accuracy (%)",
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
@@ -89,10 +98,21 @@ def zeros_per_layer_at_init(records, path: Path) -> Path:
         inits = sorted({r["init"] for r in rs_arch})
         width = 0.8 / len(inits)
         for i, init in enumerate(inits):
-            vals = np.array([[r["at_init"][where]["layers"][l]["zero_fraction"] for l in layers]
-                             for r in rs_arch if r["init"] == init])
-            axes[arch].bar(np.arange(len(layers)) + i * width, vals.mean(0), width,
-                           yerr=vals.std(0) if len(vals) > 1 else None, color=colors[init], label=init)
+            vals = np.array(
+                [
+                    [r["at_init"][where]["layers"][l]["zero_fraction"] for l in layers]
+                    for r in rs_arch
+                    if r["init"] == init
+                ]
+            )
+            axes[arch].bar(
+                np.arange(len(layers)) + i * width,
+                vals.mean(0),
+                width,
+                yerr=vals.std(0) if len(vals) > 1 else None,
+                color=colors[init],
+                label=init,
+            )
         axes[arch].set_xticks(np.arange(len(layers)) + 0.4 - width / 2, layers)
         axes[arch].set(title=f"arch={arch} ({where} images)", ylabel="ReLU-zero fraction at init", ylim=(0, 1))
         axes[arch].legend(fontsize=7, ncol=2)

@@ -11,9 +11,10 @@ import argparse
 import csv
 import math
 import os
+from collections import Counter
 from pathlib import Path
 
-from experiments import plots
+from experiments import plots, stability
 from experiments.runner import read_runs
 from experiments.settings import load_settings
 from experiments.stats import (
@@ -23,8 +24,6 @@ from experiments.stats import (
     paired,
     zero_accuracy_correlations,
 )
-
-from experiments import stability
 
 TABLE_METRICS = (
     ("final_test_accuracy", "test acc (%)"),
@@ -64,8 +63,12 @@ def _summary_table(rows: list[dict]) -> list[str]:
         for metric, _ in TABLE_METRICS:
             d = m.get(metric)
             digits = 2 if "accuracy" in metric else 4
-            parts.append("n/a" if d is None else
-                         f"{_f(d['mean'], digits)} ± {_f(d['std'], digits)} [{_f(d['ci_low'], digits)}, {_f(d['ci_high'], digits)}]")
+            parts.append(
+                "n/a"
+                if d is None
+                else f"{_f(d['mean'], digits)} ± {_f(d['std'], digits)} "
+                f"[{_f(d['ci_low'], digits)}, {_f(d['ci_high'], digits)}]"
+            )
         lines.append(f"| {arch} | {lr:g} | {init} | {m['final_test_accuracy']['n']} | " + " | ".join(parts) + " |")
     return lines
 
@@ -87,19 +90,27 @@ def answer(corr: dict) -> str:
         return f"Cannot say from n={n} runs ({corr['note']})."
     r, lo, hi = corr["pearson_r"], corr["pearson_ci_low"], corr["pearson_ci_high"]
     rho = corr["spearman_rho"]
-    text = (f"Over n={n} runs, Pearson r = {r:.2f} (bootstrap 95% CI [{_f(lo, 2)}, {_f(hi, 2)}], "
-            f"p = {_p(corr['pearson_p'])}); Spearman rho = {rho:.2f} "
-            f"(CI [{_f(corr['spearman_ci_low'], 2)}, {_f(corr['spearman_ci_high'], 2)}], p = {_p(corr['spearman_p'])}). ")
+    text = (
+        f"Over n={n} runs, Pearson r = {r:.2f} (bootstrap 95% CI [{_f(lo, 2)}, {_f(hi, 2)}], "
+        f"p = {_p(corr['pearson_p'])}); Spearman rho = {rho:.2f} "
+        f"(CI [{_f(corr['spearman_ci_low'], 2)}, {_f(corr['spearman_ci_high'], 2)}], p = {_p(corr['spearman_p'])}). "
+    )
     if not (lo > 0 or hi < 0) or math.isnan(lo):
-        text += ("The interval includes 0: these runs give no reliable evidence that the initial number of "
-                 "ReLU zeros predicts final accuracy.")
+        text += (
+            "The interval includes 0: these runs give no reliable evidence that the initial number of "
+            "ReLU zeros predicts final accuracy."
+        )
     elif r < 0:
-        text += (f"A {_strength(r)} negative correlation: runs that started with fewer ReLU zeros ended more "
-                 "accurate, the direction the notebook hoped for (a correlation across inits, not proof that "
-                 "removing zeros causes it; see the paired comparisons).")
+        text += (
+            f"A {_strength(r)} negative correlation: runs that started with fewer ReLU zeros ended more "
+            "accurate, the direction the notebook hoped for (a correlation across inits, not proof that "
+            "removing zeros causes it; see the paired comparisons)."
+        )
     else:
-        text += (f"A {_strength(r)} positive correlation: runs that started with MORE ReLU zeros ended more "
-                 "accurate, the opposite of the notebook's hope.")
+        text += (
+            f"A {_strength(r)} positive correlation: runs that started with MORE ReLU zeros ended more "
+            "accurate, the opposite of the notebook's hope."
+        )
     return text
 
 
@@ -107,9 +118,11 @@ def paired_words(p: dict) -> str:
     """One paired comparison in words, from its numbers."""
     if math.isnan(p["diff_mean"]):
         return f"no paired runs (n={p['n']})."
-    text = (f"{p['a']} − {p['b']} = {p['diff_mean']:+.2f} points of test accuracy "
-            f"(95% CI [{_f(p['diff_ci_low'], 2)}, {_f(p['diff_ci_high'], 2)}], n={p['n']} seeds, "
-            f"paired t p = {_p(p['t_p'])}, Wilcoxon p = {_p(p['wilcoxon_p'])})")
+    text = (
+        f"{p['a']} − {p['b']} = {p['diff_mean']:+.2f} points of test accuracy "
+        f"(95% CI [{_f(p['diff_ci_low'], 2)}, {_f(p['diff_ci_high'], 2)}], n={p['n']} seeds, "
+        f"paired t p = {_p(p['t_p'])}, Wilcoxon p = {_p(p['wilcoxon_p'])})"
+    )
     lo, hi = p["diff_ci_low"], p["diff_ci_high"]
     if math.isnan(lo):
         return text + f": too few pairs to judge ({p['note'] or 'n < 2'})."
@@ -143,72 +156,119 @@ def build_report(results_dir: Path) -> Path:
     held = settings.get("holdout", 0)
 
     lines = [f"# Initialization comparison: `{settings['name']}`", ""]
-    lines += ["## Question", "",
-              "Does an initialization whose ReLUs output fewer zeros on real data train better? "
-              "(The notebook hoped for a strongly negative correlation between initial ReLU zeros and accuracy.)", ""]
+    lines += [
+        "## Question",
+        "",
+        "Does an initialization whose ReLUs output fewer zeros on real data train better? "
+        "(The notebook hoped for a strongly negative correlation between initial ReLU zeros and accuracy.)",
+        "",
+    ]
     lines += ["## Answer", ""]
     for c in corrs:
         if c["family"] == "all":
             lines.append(f"- **arch={c['arch']}, lr={c['lr']:g}**: {answer(c)}")
-            within = [f"{w['family']} r = {_f(w['pearson_r'], 2)} [{_f(w['pearson_ci_low'], 2)}, "
-                      f"{_f(w['pearson_ci_high'], 2)}] (n={w['n']})"
-                      for w in corrs if (w["arch"], w["lr"]) == (c["arch"], c["lr"]) and w["family"] != "all"]
+            within = [
+                f"{w['family']} r = {_f(w['pearson_r'], 2)} [{_f(w['pearson_ci_low'], 2)}, "
+                f"{_f(w['pearson_ci_high'], 2)}] (n={w['n']})"
+                for w in corrs
+                if (w["arch"], w["lr"]) == (c["arch"], c["lr"]) and w["family"] != "all"
+            ]
             if within:
-                lines.append("  Within init families (a correlation across families can come from the "
-                             "families alone): " + "; ".join(within) + ".")
+                lines.append(
+                    "  Within init families (a correlation across families can come from the "
+                    "families alone): " + "; ".join(within) + "."
+                )
     for p in pair_rows:
         lines.append(f"- **{p['a']} vs {p['b']}** (arch={p['arch']}, lr={p['lr']:g}): {paired_words(p)}")
-    lines += ["", "Initial zeros are the ReLU-zero fraction at init on "
-              + ("the 10,000 held-out training images (never trained on)" if "heldout" in sources and held == 10_000
-                 else f"{' / '.join(sources)} images") + "; accuracy is on the 10,000 test images after training.", ""]
+    lines += [
+        "",
+        "Initial zeros are the ReLU-zero fraction at init on "
+        + (
+            "the 10,000 held-out training images (never trained on)"
+            if "heldout" in sources and held == 10_000
+            else f"{' / '.join(sources)} images"
+        )
+        + "; accuracy is on the 10,000 test images after training.",
+        "",
+    ]
 
-    lines += ["## Setup", "",
-              f"- {len(records)} finished runs; architectures {sorted({r['arch'] for r in records})}; "
-              f"inits {sorted({r['init'] for r in records})}; seeds per cell up to "
-              f"{max(sum(1 for x in records if (x['arch'], x['init'], x['lr']) == (r['arch'], r['init'], r['lr'])) for r in records)}.",
-              f"- Training: SGD, lr {sorted({r['lr'] for r in records})}, batch {settings['batch_size']}, "
-              f"{settings['epochs']} epochs, cross-entropy; the data order depends on the seed only, so runs with "
-              "the same seed are paired across inits.",
-              (f"- Data: {held:,} of MNIST's 60,000 training images are held out (fixed split) and only used to "
-               f"measure zeros; training uses the other {60_000 - held:,}"
-               + (f" (here only the first {settings['train_subset']:,})" if settings.get("train_subset") else "") + "."
-               if held else "- Data: all 60,000 training images are used for training (the notebook's setting); "
-               "initial zeros are measured on the test set."),
-              f"- The LP and LSUV see {settings['lp_batch']} training images chosen by the seed (the LP batch).",
-              "- Settings: `settings.json`; raw results: `runs.jsonl`; this file is rebuilt by "
-              f"`python -m experiments.report {_shown_path(results_dir)}`.", ""]
+    lines += [
+        "## Setup",
+        "",
+        f"- {len(records)} finished runs; architectures {sorted({r['arch'] for r in records})}; "
+        f"inits {sorted({r['init'] for r in records})}; seeds per cell up to "
+        f"{max(Counter((r['arch'], r['init'], r['lr']) for r in records).values())}.",
+        f"- Training: SGD, lr {sorted({r['lr'] for r in records})}, batch {settings['batch_size']}, "
+        f"{settings['epochs']} epochs, cross-entropy; the data order depends on the seed only, so runs with "
+        "the same seed are paired across inits.",
+        (
+            f"- Data: {held:,} of MNIST's 60,000 training images are held out (fixed split) and only used to "
+            f"measure zeros; training uses the other {60_000 - held:,}"
+            + (f" (here only the first {settings['train_subset']:,})" if settings.get("train_subset") else "")
+            + "."
+            if held
+            else "- Data: all 60,000 training images are used for training (the notebook's setting); "
+            "initial zeros are measured on the test set."
+        ),
+        f"- The LP and LSUV see {settings['lp_batch']} training images chosen by the seed (the LP batch).",
+        "- Settings: `settings.json`; raw results: `runs.jsonl`; this file is rebuilt by "
+        f"`python -m experiments.report {_shown_path(results_dir)}`.",
+        "",
+    ]
 
-    lines += ["## Final metrics per init", "",
-              "Mean ± std over seeds with the t-based 95% CI of the mean; n = runs. "
-              "All metrics, for every init, are in `summary.csv`.", ""]
-    lines += _summary_table(rows) + [""]
+    lines += [
+        "## Final metrics per init",
+        "",
+        "Mean ± std over seeds with the t-based 95% CI of the mean; n = runs. "
+        "All metrics, for every init, are in `summary.csv`.",
+        "",
+    ]
+    lines += [*_summary_table(rows), ""]
 
     lines += ["## Paired comparisons (same seed, same data order)", ""]
     if pair_rows:
-        lines += ["Difference a − b in final test accuracy (percentage points).", "",
-                  "| arch | lr | a | b | n | mean diff [95% CI] | t-test p | Wilcoxon p | note |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "Difference a − b in final test accuracy (percentage points).",
+            "",
+            "| arch | lr | a | b | n | mean diff [95% CI] | t-test p | Wilcoxon p | note |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for p in pair_rows:
-            lines.append(f"| {p['arch']} | {p['lr']:g} | {p['a']} | {p['b']} | {p['n']} | "
-                         f"{_f(p['diff_mean'], 2)} [{_f(p['diff_ci_low'], 2)}, {_f(p['diff_ci_high'], 2)}] | "
-                         f"{_p(p['t_p'])} | {_p(p['wilcoxon_p'])} | {p['note']} |")
-        lines += ["", "`lp@r − default` asks whether the LP improves its own random start; "
-                  "`lp@r − bias_shift@r` asks whether it does more than raise each layer's bias to the same "
-                  "zero fraction.", ""]
+            lines.append(
+                f"| {p['arch']} | {p['lr']:g} | {p['a']} | {p['b']} | {p['n']} | "
+                f"{_f(p['diff_mean'], 2)} [{_f(p['diff_ci_low'], 2)}, {_f(p['diff_ci_high'], 2)}] | "
+                f"{_p(p['t_p'])} | {_p(p['wilcoxon_p'])} | {p['note']} |"
+            )
+        lines += [
+            "",
+            "`lp@r − default` asks whether the LP improves its own random start; "
+            "`lp@r − bias_shift@r` asks whether it does more than raise each layer's bias to the same "
+            "zero fraction.",
+            "",
+        ]
     else:
         lines += ["No lp@ runs in these results, so no paired comparisons.", ""]
 
-    lines += ["## Correlation of initial zeros with final accuracy, by init family", "",
-              "| arch | lr | family | n | Pearson r [95% CI] | p | Spearman rho [95% CI] | p | note |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Correlation of initial zeros with final accuracy, by init family",
+        "",
+        "| arch | lr | family | n | Pearson r [95% CI] | p | Spearman rho [95% CI] | p | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in corrs:
-        lines.append(f"| {c['arch']} | {c['lr']:g} | {c['family']} | {c['n']} | "
-                     f"{_f(c['pearson_r'], 2)} [{_f(c['pearson_ci_low'], 2)}, {_f(c['pearson_ci_high'], 2)}] | "
-                     f"{_p(c['pearson_p'])} | {_f(c['spearman_rho'], 2)} [{_f(c['spearman_ci_low'], 2)}, "
-                     f"{_f(c['spearman_ci_high'], 2)}] | {_p(c['spearman_p'])} | {c['note']} |")
-    lines += ["", "Families: random = default, kaiming_normal, xavier_uniform, orthogonal; data-dependent = lsuv "
-              "(data-dependent) and rai (ReLU-aware); lp = lp@r; bias_shift = bias_shift@r. "
-              "Correlations need n ≥ 3; bootstrap CIs resample runs.", ""]
+        lines.append(
+            f"| {c['arch']} | {c['lr']:g} | {c['family']} | {c['n']} | "
+            f"{_f(c['pearson_r'], 2)} [{_f(c['pearson_ci_low'], 2)}, {_f(c['pearson_ci_high'], 2)}] | "
+            f"{_p(c['pearson_p'])} | {_f(c['spearman_rho'], 2)} [{_f(c['spearman_ci_low'], 2)}, "
+            f"{_f(c['spearman_ci_high'], 2)}] | {_p(c['spearman_p'])} | {c['note']} |"
+        )
+    lines += [
+        "",
+        "Families: random = default, kaiming_normal, xavier_uniform, orthogonal; data-dependent = lsuv "
+        "(data-dependent) and rai (ReLU-aware); lp = lp@r; bias_shift = bias_shift@r. "
+        "Correlations need n ≥ 3; bootstrap CIs resample runs.",
+        "",
+    ]
 
     lines += _lp_status_lines(records)
     lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
@@ -242,21 +302,30 @@ def _lp_status_lines(records) -> list[str]:
     if not totals:
         return []
     statuses = sorted({k for c in totals.values() for k in c})
-    lines = ["## LP solver statuses", "", "Units per status, summed over runs (a unit whose LP failed or hit the "
-             "time limit keeps its random weights).", "",
-             "| init | " + " | ".join(statuses) + " |", "|---|" + "---|" * len(statuses)]
+    lines = [
+        "## LP solver statuses",
+        "",
+        "Units per status, summed over runs (a unit whose LP failed or hit the time limit keeps its random weights).",
+        "",
+        "| init | " + " | ".join(statuses) + " |",
+        "|---|" + "---|" * len(statuses),
+    ]
     for init, counts in sorted(totals.items()):
         lines.append(f"| {init} | " + " | ".join(str(counts.get(k, 0)) for k in statuses) + " |")
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _timing_lines(records) -> list[str]:
     walls = [r["wall_time_s"] for r in records]
     inits = [r["init_time_s"] for r in records]
     devices = sorted({r["device"] for r in records})
-    return ["## Cost", "",
-            f"Wall time per run: mean {sum(walls) / len(walls):.1f} s (max {max(walls):.1f} s), of which "
-            f"initialization mean {sum(inits) / len(inits):.2f} s; device(s): {', '.join(devices)}.", ""]
+    return [
+        "## Cost",
+        "",
+        f"Wall time per run: mean {sum(walls) / len(walls):.1f} s (max {max(walls):.1f} s), of which "
+        f"initialization mean {sum(inits) / len(inits):.2f} s; device(s): {', '.join(devices)}.",
+        "",
+    ]
 
 
 def main(argv=None) -> None:

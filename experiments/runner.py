@@ -47,7 +47,9 @@ def read_runs(path: Path, repair: bool = True) -> list[dict]:
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1  # everything after the last newline is a cut-short write
     if end < len(data):
-        warnings.warn(f"{path}: dropping a partial last line ({len(data) - end} bytes) from an interrupted write.")
+        warnings.warn(
+            f"{path}: dropping a partial last line ({len(data) - end} bytes) from an interrupted write.", stacklevel=2
+        )
         if repair:
             with open(path, "r+b") as f:
                 f.truncate(end)
@@ -65,7 +67,7 @@ def read_runs(path: Path, repair: bool = True) -> list[dict]:
                 "atomically, so the file was edited by hand; remove that line to continue."
             ) from err
         if record["key"] in seen:
-            warnings.warn(f"{path}: ignoring a duplicate of run {record['key']!r} on line {number}.")
+            warnings.warn(f"{path}: ignoring a duplicate of run {record['key']!r} on line {number}.", stacklevel=2)
             continue
         seen.add(record["key"])
         runs.append(record)
@@ -94,9 +96,13 @@ def safe_run(task: dict, settings: dict) -> dict:
 
     try:
         return run_one(task, settings)
-    except Exception as err:  # noqa: BLE001 - reported, never swallowed silently
-        return {"key": run_key(task), **task, "error": f"{type(err).__name__}: {err}",
-                "traceback": traceback.format_exc()}
+    except Exception as err:
+        return {
+            "key": run_key(task),
+            **task,
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(),
+        }
 
 
 def plan_tasks(settings) -> list[dict]:
@@ -177,4 +183,4 @@ def execute(settings, tasks: list[dict], progress: bool = True) -> Iterator[dict
         if client is not None:
             client.close()
         if failures:
-            warnings.warn(f"{failures} run(s) failed; see {settings.results_dir / 'failures.jsonl'}.")
+            warnings.warn(f"{failures} run(s) failed; see {settings.results_dir / 'failures.jsonl'}.", stacklevel=2)

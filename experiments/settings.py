@@ -23,10 +23,7 @@ RANDOM_INITS = ("default", "kaiming_normal", "xavier_uniform", "orthogonal")
 BASELINE_INITS = ("lsuv", "rai")
 LP_RADII = (0.02, 0.05, 0.1, 0.2)
 ALL_INITS = (
-    RANDOM_INITS
-    + BASELINE_INITS
-    + tuple(f"lp@{r:g}" for r in LP_RADII)
-    + tuple(f"bias_shift@{r:g}" for r in LP_RADII)
+    RANDOM_INITS + BASELINE_INITS + tuple(f"lp@{r:g}" for r in LP_RADII) + tuple(f"bias_shift@{r:g}" for r in LP_RADII)
 )
 
 
@@ -46,10 +43,16 @@ class Settings:
         "lsuv, rai, lp@<radius>, bias_shift@<radius>)",
         ("default",),
     )
-    archs: tuple[str, ...] = _help("comma-separated architectures: seed (ReLU on logits) | mlp (no ReLU on logits)", ("seed",))
-    seeds: int = _help("number of seeds per (init, arch, lr); seed s fixes the random start, LP batch and data order", 2)
+    archs: tuple[str, ...] = _help(
+        "comma-separated architectures: seed (ReLU on logits) | mlp (no ReLU on logits)", ("seed",)
+    )
+    seeds: int = _help(
+        "number of seeds per (init, arch, lr); seed s fixes the random start, LP batch and data order", 2
+    )
     first_seed: int = _help("first seed; runs use first_seed .. first_seed + seeds - 1", 0)
-    lrs: tuple[float, ...] = _help("comma-separated SGD learning rates (a small grid guards against an LR effect)", (0.01,))
+    lrs: tuple[float, ...] = _help(
+        "comma-separated SGD learning rates (a small grid guards against an LR effect)", (0.01,)
+    )
     epochs: int = _help("training epochs (the notebook: 5)", 5)
     batch_size: int = _help("SGD minibatch size (the notebook: 64)", 64)
     holdout: int = _help("training images held out of training, for measuring zeros (0: train on all 60,000)", 10_000)
@@ -78,15 +81,25 @@ class Settings:
 # Fields that change what a run computes; everything else only changes which
 # runs exist or how they are scheduled.
 RECIPE_FIELDS = (
-    "epochs", "batch_size", "holdout", "train_subset", "lp_batch",
-    "stability_images", "lp_margin",
+    "epochs",
+    "batch_size",
+    "holdout",
+    "train_subset",
+    "lp_batch",
+    "stability_images",
+    "lp_margin",
 )
 
 PRESETS: dict[str, dict] = {
     # Real MNIST, small: finishes in well under two minutes on two CPU cores.
     "quick": dict(
         inits=("default", "kaiming_normal", "lsuv", "rai", "lp@0.1", "bias_shift@0.1"),
-        archs=("seed",), seeds=2, epochs=1, train_subset=10_000, stability_images=64, n_boot=500,
+        archs=("seed",),
+        seeds=2,
+        epochs=1,
+        train_subset=10_000,
+        stability_images=64,
+        n_boot=500,
     ),
     # The notebook's exact setting: default init, all 60,000 training images,
     # SGD lr 0.01, batch 64, 5 epochs; it reported 77.25% test accuracy from one
@@ -117,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.compare",
         description="Compare initializations of ReLU MLPs on MNIST: initial ReLU zeros vs training.",
-        epilog="presets (flags override them): " + "; ".join(
-            f"{name}: " + ", ".join(f"{k}={_show(v)}" for k, v in values.items())
-            for name, values in PRESETS.items()
+        epilog="presets (flags override them): "
+        + "; ".join(
+            f"{name}: " + ", ".join(f"{k}={_show(v)}" for k, v in values.items()) for name, values in PRESETS.items()
         ),
     )
     defaults = Settings()

@@ -29,13 +29,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from torch import nn
 
-from lpinit.theory import activation_pattern, evaluate_perturbation  # noqa: E402
-from lpinit.validation import check_data_tensor  # noqa: E402
+from lpinit.theory import activation_pattern, evaluate_perturbation
+from lpinit.validation import check_data_tensor
 
 IDENTITY_RTOL = 1e-6
 """L_gen == A'x' "holds" when ||L_gen - A'x'|| <= IDENTITY_RTOL * (||A'x'|| + 1e-6 ||f(x)||)."""
@@ -142,8 +142,10 @@ def measure_stability(
     directions = [
         (
             torch.randn(x.shape, generator=generator, dtype=torch.float64) * x_scale,
-            {name: torch.randn(p.shape, generator=generator, dtype=torch.float64) * rms[name]
-             for name, p in params.items()},
+            {
+                name: torch.randn(p.shape, generator=generator, dtype=torch.float64) * rms[name]
+                for name, p in params.items()
+            },
         )
         for _ in range(n_perturbations)
     ]
@@ -170,29 +172,31 @@ def measure_stability(
         f_mean = float(p["f"].mean())
         f_unchanged = _mean(p["f"][~changed])
         l_unchanged = _mean(p["l_gen"][~changed])
-        rows.append({
-            "size": size,
-            "n_samples": n,
-            "n_perturbations": n_perturbations,
-            "units": int(pattern.shape[1]),
-            "zero_fraction": float(1 - pattern.double().mean()),
-            "pattern_changed": _mean(changed),
-            "input_pattern_changed": _mean(p["input_changed"]),
-            "param_pattern_changed": _mean(p["param_changed"]),
-            "flipped_units": _mean(p["flipped_fraction"]),
-            "identity_exact": _mean(exact),
-            "identity_holds": _mean(holds),
-            "identity_holds_when_exact": _mean(holds[exact]),
-            "identity_holds_when_not_exact": _mean(holds[~exact]),
-            "identity_rel_error": _mean(rel_error),
-            "l_gen": _mean(p["l_gen"]),
-            "predicted": _mean(p["predicted"]),
-            "output_norm": f_mean,
-            "l_gen_rel": _ratio(_mean(p["l_gen"]), f_mean),
-            "l_gen_rel_when_unchanged": _ratio(l_unchanged, f_unchanged),
-            "output_change_rel": _ratio(_mean(p["out_change"]), f_mean),
-            "l_gen_over_change": _ratio(_mean(p["l_gen"]), _mean(p["out_change"])),
-        })
+        rows.append(
+            {
+                "size": size,
+                "n_samples": n,
+                "n_perturbations": n_perturbations,
+                "units": int(pattern.shape[1]),
+                "zero_fraction": float(1 - pattern.double().mean()),
+                "pattern_changed": _mean(changed),
+                "input_pattern_changed": _mean(p["input_changed"]),
+                "param_pattern_changed": _mean(p["param_changed"]),
+                "flipped_units": _mean(p["flipped_fraction"]),
+                "identity_exact": _mean(exact),
+                "identity_holds": _mean(holds),
+                "identity_holds_when_exact": _mean(holds[exact]),
+                "identity_holds_when_not_exact": _mean(holds[~exact]),
+                "identity_rel_error": _mean(rel_error),
+                "l_gen": _mean(p["l_gen"]),
+                "predicted": _mean(p["predicted"]),
+                "output_norm": f_mean,
+                "l_gen_rel": _ratio(_mean(p["l_gen"]), f_mean),
+                "l_gen_rel_when_unchanged": _ratio(l_unchanged, f_unchanged),
+                "output_change_rel": _ratio(_mean(p["out_change"]), f_mean),
+                "l_gen_over_change": _ratio(_mean(p["l_gen"]), _mean(p["out_change"])),
+            }
+        )
     return rows
 
 
@@ -255,7 +259,7 @@ def plot_stability(records: list[dict], path) -> Path:
     for key, by_size in groups.items():
         sizes = sorted(by_size)
         style = "--" if key[2] == "init" else "-"
-        for ax, (metric, _, _) in zip(axes, panels):
+        for ax, (metric, _, _) in zip(axes, panels, strict=True):
             values = [[r[metric] for r in by_size[s] if r.get(metric) is not None] for s in sizes]
             keep = [i for i, v in enumerate(values) if v]
             if not keep:
@@ -263,9 +267,18 @@ def plot_stability(records: list[dict], path) -> Path:
             mean = np.array([np.mean(values[i]) for i in keep])
             low = mean - np.array([np.min(values[i]) for i in keep])
             high = np.array([np.max(values[i]) for i in keep]) - mean
-            ax.errorbar([sizes[i] for i in keep], mean, yerr=[low, high], ls=style, marker=markers[key[0]],
-                        ms=3, capsize=2, color=colors[key[1]], label=_label(key, many_archs))
-    for ax, (_, ylabel, yscale) in zip(axes, panels):
+            ax.errorbar(
+                [sizes[i] for i in keep],
+                mean,
+                yerr=[low, high],
+                ls=style,
+                marker=markers[key[0]],
+                ms=3,
+                capsize=2,
+                color=colors[key[1]],
+                label=_label(key, many_archs),
+            )
+    for ax, (_, ylabel, yscale) in zip(axes, panels, strict=True):
         ax.set(xscale="log", yscale=yscale, xlabel="relative perturbation size s", ylabel=ylabel)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylim(-0.02, 1.02)
@@ -300,8 +313,12 @@ def _table(title: str, groups, sizes, many_archs, cell) -> list[str]:
     """One markdown table: a row per (arch, init, stage), a column per size;
     ``cell(rows)`` formats the rows of one size."""
     head = "| " + ("arch | " if many_archs else "") + "init | stage | seeds | zeros | "
-    lines = [title, "", head + " | ".join(f"s={s:g}" for s in sizes) + " |",
-             "|" + "---|" * (4 + many_archs + len(sizes))]
+    lines = [
+        title,
+        "",
+        head + " | ".join(f"s={s:g}" for s in sizes) + " |",
+        "|" + "---|" * (4 + many_archs + len(sizes)),
+    ]
     for key, by_size in groups.items():
         any_rows = next(iter(by_size.values()))
         prefix = ("| " + key[0] + " " if many_archs else "") + f"| {key[1]} | {key[2]} | {len(any_rows)} | "
@@ -316,16 +333,28 @@ def _tables(groups, sizes, many_archs) -> list[str]:
         return f"{_cell(rows, 'pattern_changed', _pct)} ({_pct(_stat(rows, 'flipped_units')[0])})"
 
     def l_gen(rows):
-        return (f"{_cell(rows, 'l_gen_rel', _sci)} [{_sci(_stat(rows, 'l_gen_over_change')[0])}; "
-                f"{_pct(_stat(rows, 'identity_holds')[0])}]")
+        return (
+            f"{_cell(rows, 'l_gen_rel', _sci)} [{_sci(_stat(rows, 'l_gen_over_change')[0])}; "
+            f"{_pct(_stat(rows, 'identity_holds')[0])}]"
+        )
 
-    return (
-        _table("Pattern changed (mean fraction of units flipped), per perturbation size s:",
-               groups, sizes, many_archs, flips)
-        + [""]
-        + _table("||L_gen|| / ||f(x)|| [||L_gen|| / ||f(x*,P*) - f(x,P)||; L_gen == A'x' holds], per size s:",
-                 groups, sizes, many_archs, l_gen)
-    )
+    return [
+        *_table(
+            "Pattern changed (mean fraction of units flipped), per perturbation size s:",
+            groups,
+            sizes,
+            many_archs,
+            flips,
+        ),
+        "",
+        *_table(
+            "||L_gen|| / ||f(x)|| [||L_gen|| / ||f(x*,P*) - f(x,P)||; L_gen == A'x' holds], per size s:",
+            groups,
+            sizes,
+            many_archs,
+            l_gen,
+        ),
+    ]
 
 
 def _range(values: list[float], fmt) -> str:
@@ -353,8 +382,7 @@ def _survival(groups, sizes) -> tuple[list[str], str]:
             f"it changed in {_range(at_small, _pct)} of perturbations."
         )
     elif len(survivors) == len(largest):
-        verdict = (f"**The pattern survives small perturbations** ({kept}) up to s={min(survivors):g} "
-                   "in every group.")
+        verdict = f"**The pattern survives small perturbations** ({kept}) up to s={min(survivors):g} in every group."
     else:
         verdict = (
             f"**The pattern survives small perturbations in {len(survivors)} of {len(largest)} groups** "
@@ -365,18 +393,25 @@ def _survival(groups, sizes) -> tuple[list[str], str]:
     verdict += (
         f" At the largest size, s={biggest:g}, {_range(at_big, _pct)} of perturbations changed the pattern, "
         f"flipping on average {_range(flips_big, _pct)} of the units"
-        + (": a changed pattern is a few units near their threshold, not a new linear region far away."
-           if few else ": a sizeable share of the network switches region.")
+        + (
+            ": a changed pattern is a few units near their threshold, not a new linear region far away."
+            if few
+            else ": a sizeable share of the network switches region."
+        )
     )
     if not survivors:
-        phrase = (f"its precondition (an unchanged pattern) already fails in {_range(at_small, _pct)} of "
-                  f"perturbations at the smallest size, s={smallest:g}, so on this data the argument holds "
-                  "only approximately")
+        phrase = (
+            f"its precondition (an unchanged pattern) already fails in {_range(at_small, _pct)} of "
+            f"perturbations at the smallest size, s={smallest:g}, so on this data the argument holds "
+            "only approximately"
+        )
     elif len(survivors) == len(largest):
         phrase = f"its precondition (an unchanged pattern) holds up to s={min(survivors):g} in every group"
     else:
-        phrase = (f"its precondition (an unchanged pattern) holds at some tested size in only "
-                  f"{len(survivors)} of {len(largest)} groups")
+        phrase = (
+            f"its precondition (an unchanged pattern) holds at some tested size in only "
+            f"{len(survivors)} of {len(largest)} groups"
+        )
     return [f"- {verdict}"], phrase
 
 
@@ -411,7 +446,7 @@ def _smallness(groups, sizes) -> list[str]:
         per_size = [_stat(by_size[s], "l_gen_over_change")[0] for s in present]
         ratios += per_size
         unchanged += [_stat(by_size[s], "l_gen_rel_when_unchanged")[0] for s in present]
-        small = [s for s, r in zip(present, per_size) if r < SMALL_L_GEN]
+        small = [s for s, r in zip(present, per_size, strict=True) if r < SMALL_L_GEN]
         small_up_to[key] = max(small) if small and small[0] == present[0] else None
         l_gen = [_stat(by_size[s], "l_gen_rel")[0] for s in present]
         if len(present) >= 2 and l_gen[0] > 0 and l_gen[-1] > 0:
@@ -422,16 +457,21 @@ def _smallness(groups, sizes) -> list[str]:
     if all(s == sizes[-1] for s in small_up_to.values()):
         small = f"**small** at every tested size (below {SMALL_L_GEN:g} of it)"
     elif all(s is not None for s in small_up_to.values()):
-        small = (f"**small** (below {SMALL_L_GEN:g} of it) up to s={min(small_up_to.values()):g} in every "
-                 "group, larger beyond")
+        small = (
+            f"**small** (below {SMALL_L_GEN:g} of it) up to s={min(small_up_to.values()):g} in every "
+            "group, larger beyond"
+        )
     else:
         small = f"**not small** (above {SMALL_L_GEN:g} of it) even at s={sizes[0]:g} in some group"
-    line = (f"- ||L_gen|| was {_range(ratios, _sci)} times the output change ||f(x*,P*) - f(x,P)|| "
-            f"it comes with: {small}.")
+    line = (
+        f"- ||L_gen|| was {_range(ratios, _sci)} times the output change ||f(x*,P*) - f(x,P)|| it comes with: {small}."
+    )
     unchanged = [u for u in unchanged if not math.isnan(u)]
     if unchanged:
-        line += (f" Where the pattern did not change, ||L_gen|| / ||f(x)|| was {_range(unchanged, _sci)} "
-                 "(the notebook's A'x').")
+        line += (
+            f" Where the pattern did not change, ||L_gen|| / ||f(x)|| was {_range(unchanged, _sci)} "
+            "(the notebook's A'x')."
+        )
     if slopes:
         line += (
             f" ||L_gen|| grows like s^{np.median(slopes):.2f} (median log-log slope over groups; 2 = the "
@@ -460,22 +500,24 @@ def _inits(groups, sizes) -> tuple[list[str], list[tuple[str, bool | None]]]:
         common = [s for s in sizes if s in few[1] and s in many[1]]
         f_few = [_stat(few[1][s], "flipped_units") for s in common]
         f_many = [_stat(many[1][s], "flipped_units") for s in common]
-        fewer = sum(a[0] < b[0] for a, b in zip(f_few, f_many))
-        more = sum(a[0] > b[0] for a, b in zip(f_few, f_many))
+        fewer = sum(a[0] < b[0] for a, b in zip(f_few, f_many, strict=True))
+        more = sum(a[0] > b[0] for a, b in zip(f_few, f_many, strict=True))
         direction = "more stable" if fewer > more else "less stable" if more > fewer else "not more stable"
-        spreads = [max(a[1], b[1]) for a, b in zip(f_few, f_many)]
+        spreads = [max(a[1], b[1]) for a, b in zip(f_few, f_many, strict=True)]
         if max(spreads) == 0:
             conclusive, note = None, "one seed each, so no spread to judge the gaps against"
         else:
-            beyond = sum(abs(a[0] - b[0]) > 2 * sd for a, b, sd in zip(f_few, f_many, spreads))
+            beyond = sum(abs(a[0] - b[0]) > 2 * sd for a, b, sd in zip(f_few, f_many, spreads, strict=True))
             conclusive = beyond > 0 and direction != "not more stable"
             note = f"the gap exceeds twice the seed-to-seed spread at {beyond} of {len(common)} sizes"
         zero_values = np.array([zeros(m) for m in members])
         flip_values = np.array([np.mean([_stat(m[1][s], "flipped_units")[0] for s in common]) for m in members])
         corr = ""
         if len(members) >= 3 and zero_values.std() > 0 and flip_values.std() > 0:
-            corr = (f" Over all {len(members)} inits, zero fraction and flipped units (mean over sizes) "
-                    f"correlate at {np.corrcoef(zero_values, flip_values)[0, 1]:+.2f}.")
+            corr = (
+                f" Over all {len(members)} inits, zero fraction and flipped units (mean over sizes) "
+                f"correlate at {np.corrcoef(zero_values, flip_values)[0, 1]:+.2f}."
+            )
         sizes_text = "/".join(f"{s:g}" for s in common)
         lines.append(
             f"- Inits compared ({f'{arch}, ' if many_archs else ''}{stage}): fewest zeros `{few[0]}` "
@@ -492,8 +534,10 @@ def _inits(groups, sizes) -> tuple[list[str], list[tuple[str, bool | None]]]:
 def _summary(algebra_ok: bool | None, survival: str, findings) -> str:
     parts = []
     if algebra_ok is not None:
-        parts.append("the algebra (L_gen = A'x' when the pattern is unchanged) "
-                     + ("checks out" if algebra_ok else "**did not check out: investigate**"))
+        parts.append(
+            "the algebra (L_gen = A'x' when the pattern is unchanged) "
+            + ("checks out" if algebra_ok else "**did not check out: investigate**")
+        )
     parts.append(survival)
     if findings:
         more = sum(d == "more stable" for d, _ in findings)
@@ -520,7 +564,7 @@ def stability_section(records: list[dict]) -> str:
         f"Each network was perturbed on {first['n_samples']} fixed images with "
         f"{first['n_perturbations']} random draws per size: input x' = s·||x||/√d·N(0, I) and every "
         "parameter tensor P'_k = s·rms(P_k)·N(0, I), both at once (float64). "
-        "\"Pattern changed\" means some ReLU unit of f(x*,P), f(x,P*) or f(x*,P*) is on where it is "
+        '"Pattern changed" means some ReLU unit of f(x*,P), f(x,P*) or f(x*,P*) is on where it is '
         "off in f(x,P) or vice versa; the notebook's identity L_gen = A'x' needs it unchanged. "
         "Cells give the mean over seeds (± standard deviation when there are several).",
         "",
@@ -561,14 +605,20 @@ def main(argv=None) -> None:
     model = seed_mlp()
     images, _ = load_mnist(train=False)
     start = time.perf_counter()
-    rows = measure_stability(model, images, n_samples=args.n_samples, n_perturbations=args.n_perturbations,
-                             generator=torch.Generator().manual_seed(args.seed))
+    rows = measure_stability(
+        model,
+        images,
+        n_samples=args.n_samples,
+        n_perturbations=args.n_perturbations,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     elapsed = time.perf_counter() - start
     for row in rows:
         print(json.dumps(row))
     print(f"measured in {elapsed:.1f} s")
-    print(stability_section([{**r, "init": "default", "stage": "init", "seed": args.seed, "arch": "seed"}
-                             for r in rows]))
+    print(
+        stability_section([{**r, "init": "default", "stage": "init", "seed": args.seed, "arch": "seed"} for r in rows])
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,7 @@ def describe(values) -> dict:
     """n, mean, std (ddof=1) and the t-distribution 95% CI of the mean."""
     x = np.asarray([v for v in values if v is not None and not _isnan(v)], dtype=float)
     n = x.size
-    res = {"n": n, "mean": float(x.mean()) if n else math.nan, "std": math.nan,
-           "ci_low": math.nan, "ci_high": math.nan}
+    res = {"n": n, "mean": float(x.mean()) if n else math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
     if n >= 2:
         std = float(x.std(ddof=1))
         half = float(sps.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
@@ -62,8 +61,9 @@ def group_summary(records: list[dict]) -> list[dict]:
     rows = []
     for (arch, init, lr), metrics in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
         for metric in metrics[0]:
-            rows.append({"arch": arch, "init": init, "lr": lr, "metric": metric,
-                         **describe([m.get(metric) for m in metrics])})
+            rows.append(
+                {"arch": arch, "init": init, "lr": lr, "metric": metric, **describe([m.get(metric) for m in metrics])}
+            )
     return rows
 
 
@@ -78,17 +78,24 @@ def paired(records: list[dict], a: str, b: str, metric: str = "final_test_accura
     cells = sorted({(arch, lr) for (init, arch, lr, _) in by_key if init == a})
     out = []
     for arch, lr in cells:
-        diffs = [by_key[(a, arch, lr, s)] - by_key[(b, arch, lr, s)]
-                 for (init, ar, l, s) in sorted(by_key, key=str)
-                 if init == a and ar == arch and l == lr and (b, arch, lr, s) in by_key]
+        diffs = [
+            by_key[(a, arch, lr, s)] - by_key[(b, arch, lr, s)]
+            for (init, ar, l, s) in sorted(by_key, key=str)
+            if init == a and ar == arch and l == lr and (b, arch, lr, s) in by_key
+        ]
         out.append({"a": a, "b": b, "arch": arch, "lr": lr, "metric": metric, **paired_test(diffs)})
     return out
 
 
 def paired_test(diffs) -> dict:
     d = np.asarray(diffs, dtype=float)
-    res = {**{f"diff_{k}": v for k, v in describe(d).items() if k != "n"}, "n": d.size,
-           "t_p": math.nan, "wilcoxon_p": math.nan, "note": ""}
+    res = {
+        **{f"diff_{k}": v for k, v in describe(d).items() if k != "n"},
+        "n": d.size,
+        "t_p": math.nan,
+        "wilcoxon_p": math.nan,
+        "note": "",
+    }
     if d.size < 3:
         res["note"] = f"n={d.size} < 3: no test"
         return res
@@ -109,8 +116,16 @@ def correlation(x, y, n_boot: int = 2000, seed: int = 0) -> dict:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     n = x.size
     res = {"n": n}
-    keys = ("pearson_r", "pearson_p", "pearson_ci_low", "pearson_ci_high",
-            "spearman_rho", "spearman_p", "spearman_ci_low", "spearman_ci_high")
+    keys = (
+        "pearson_r",
+        "pearson_p",
+        "pearson_ci_low",
+        "pearson_ci_high",
+        "spearman_rho",
+        "spearman_p",
+        "spearman_ci_low",
+        "spearman_ci_high",
+    )
     res.update({k: math.nan for k in keys})
     res["note"] = ""
     if n < 3:
@@ -121,8 +136,12 @@ def correlation(x, y, n_boot: int = 2000, seed: int = 0) -> dict:
         return res
     pr = sps.pearsonr(x, y)
     sr = sps.spearmanr(x, y)
-    res.update(pearson_r=float(pr.statistic), pearson_p=float(pr.pvalue),
-               spearman_rho=float(sr.statistic), spearman_p=float(sr.pvalue))
+    res.update(
+        pearson_r=float(pr.statistic),
+        pearson_p=float(pr.pvalue),
+        spearman_rho=float(sr.statistic),
+        spearman_p=float(sr.pvalue),
+    )
     rng = np.random.default_rng(seed)
     boots_p, boots_s = [], []
     for _ in range(n_boot):
@@ -133,10 +152,12 @@ def correlation(x, y, n_boot: int = 2000, seed: int = 0) -> dict:
         boots_p.append(np.corrcoef(xi, yi)[0, 1])
         boots_s.append(sps.spearmanr(xi, yi).statistic)
     if boots_p:
-        res.update(pearson_ci_low=float(np.percentile(boots_p, 2.5)),
-                   pearson_ci_high=float(np.percentile(boots_p, 97.5)),
-                   spearman_ci_low=float(np.nanpercentile(boots_s, 2.5)),
-                   spearman_ci_high=float(np.nanpercentile(boots_s, 97.5)))
+        res.update(
+            pearson_ci_low=float(np.percentile(boots_p, 2.5)),
+            pearson_ci_high=float(np.percentile(boots_p, 97.5)),
+            spearman_ci_low=float(np.nanpercentile(boots_s, 2.5)),
+            spearman_ci_high=float(np.nanpercentile(boots_s, 97.5)),
+        )
     return res
 
 
@@ -150,10 +171,17 @@ def zero_accuracy_correlations(records: list[dict], n_boot: int = 2000) -> list[
     out = []
     for (arch, lr, fam), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "all", kv[0][2])):
         m = [flat_metrics(r) for r in rs]
-        out.append({"arch": arch, "lr": lr, "family": fam,
-                    "x": "init_zero_fraction (" + "/".join(sorted({init_zero_source(r) for r in rs})) + ")",
-                    **correlation([v["init_zero_fraction"] for v in m],
-                                  [v["final_test_accuracy"] for v in m], n_boot=n_boot)})
+        out.append(
+            {
+                "arch": arch,
+                "lr": lr,
+                "family": fam,
+                "x": "init_zero_fraction (" + "/".join(sorted({init_zero_source(r) for r in rs})) + ")",
+                **correlation(
+                    [v["init_zero_fraction"] for v in m], [v["final_test_accuracy"] for v in m], n_boot=n_boot
+                ),
+            }
+        )
     return out
 
 

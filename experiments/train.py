@@ -26,14 +26,20 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def train_epoch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
-                batch_size: int, generator: torch.Generator) -> float:
+def train_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    generator: torch.Generator,
+) -> float:
     """One pass over (x, y) in the generator's order; returns the mean batch loss."""
     model.train()
     order = torch.randperm(x.shape[0], generator=generator).to(x.device)
     total, batches = torch.zeros((), device=x.device), 0
     for start in range(0, x.shape[0], batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         loss = F.cross_entropy(model(x[idx]), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -48,7 +54,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Mean cross-entropy, accuracy (%) and ReLU-zero fraction on (x, y)."""
     model.eval()
     loss, correct = 0.0, 0
-    for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size)):
+    for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
         out = model(xb)
         loss += float(F.cross_entropy(out, yb, reduction="sum"))
         correct += int((out.argmax(1) == yb).sum())
@@ -61,9 +67,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     }
 
 
-def train(model: nn.Module, train_x, train_y, test_x, test_y, *, lr: float, epochs: int,
-          batch_size: int, seed: int, eval_batch: int = 1000,
-          on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+def train(
+    model: nn.Module,
+    train_x,
+    train_y,
+    test_x,
+    test_y,
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    eval_batch: int = 1000,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """Train in place; return one dict per epoch (epoch 0 = before training).
 
     Tensors must already be on the model's device.
@@ -71,17 +88,31 @@ def train(model: nn.Module, train_x, train_y, test_x, test_y, *, lr: float, epoc
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     ev = evaluate(model, test_x, test_y, eval_batch)
-    history = [{"epoch": 0, "train_loss": None, "test_loss": ev["loss"], "test_accuracy": ev["accuracy"],
-                "zero_fraction": ev["zero_fraction"], "zero_fraction_per_layer": ev["zero_fraction_per_layer"],
-                "epoch_time_s": 0.0}]
+    history = [
+        {
+            "epoch": 0,
+            "train_loss": None,
+            "test_loss": ev["loss"],
+            "test_accuracy": ev["accuracy"],
+            "zero_fraction": ev["zero_fraction"],
+            "zero_fraction_per_layer": ev["zero_fraction_per_layer"],
+            "epoch_time_s": 0.0,
+        }
+    ]
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         train_loss = train_epoch(model, train_x, train_y, optimizer, batch_size, generator)
         epoch_time = time.perf_counter() - t0
         ev = evaluate(model, test_x, test_y, eval_batch)
-        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": ev["loss"],
-               "test_accuracy": ev["accuracy"], "zero_fraction": ev["zero_fraction"],
-               "zero_fraction_per_layer": ev["zero_fraction_per_layer"], "epoch_time_s": epoch_time}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "test_loss": ev["loss"],
+            "test_accuracy": ev["accuracy"],
+            "zero_fraction": ev["zero_fraction"],
+            "zero_fraction_per_layer": ev["zero_fraction_per_layer"],
+            "epoch_time_s": epoch_time,
+        }
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)

@@ -180,10 +180,8 @@ class _Tally:
     def result(self) -> ReluZeros:
         names = site_names(self.calls)
         sites = []
-        for name, per_unit in zip(names, self.per_unit):
-            sites.append(
-                SiteZeros(name, int(per_unit.sum()), per_unit.size * self.samples, per_unit, self.samples)
-            )
+        for name, per_unit in zip(names, self.per_unit, strict=True):
+            sites.append(SiteZeros(name, int(per_unit.sum()), per_unit.size * self.samples, per_unit, self.samples))
         distinct = None
         if self.patterns:
             rows = np.ascontiguousarray(np.concatenate(self.packed))
@@ -191,9 +189,7 @@ class _Tally:
         return ReluZeros(self.samples, sites, distinct)
 
 
-def count_relu_zeros(
-    model: nn.Module, data, batch_size: int = 1000, *, patterns: bool = True
-) -> ReluZeros:
+def count_relu_zeros(model: nn.Module, data, batch_size: int = 1000, *, patterns: bool = True) -> ReluZeros:
     """Count the zeros output by every ReLU application of ``model`` on ``data``.
 
     A sample's activation pattern is the set of units with a positive output,

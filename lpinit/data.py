@@ -62,9 +62,8 @@ def _decompress(gz_path: Path, target: Path) -> None:
     # Write to a temporary file and rename, so an interrupted run leaves no
     # truncated file behind that would later fail its checksum.
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
-        with gzip.open(gz_path, "rb") as src:
-            shutil.copyfileobj(src, tmp)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp, gzip.open(gz_path, "rb") as src:
+        shutil.copyfileobj(src, tmp)
     os.replace(tmp.name, target)
 
 

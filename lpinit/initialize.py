@@ -237,9 +237,18 @@ def lp_initialize(
             new_params: dict[str, torch.Tensor] = {}
             for name, layer in chosen:
                 layer_report, updates = _initialize_layer(
-                    model, params, batch, name, layer, radius=radius, margin=margin,
-                    solver=solver, n_jobs=n_jobs, time_limit_s=time_limit_s,
-                    exact=exact, progress=progress,
+                    model,
+                    params,
+                    batch,
+                    name,
+                    layer,
+                    radius=radius,
+                    margin=margin,
+                    solver=solver,
+                    n_jobs=n_jobs,
+                    time_limit_s=time_limit_s,
+                    exact=exact,
+                    progress=progress,
                 )
                 params = {**params, **updates}
                 new_params.update(updates)
@@ -272,8 +281,14 @@ def _initialize_layer(model, params, batch, name, layer, *, radius, margin, **so
     margin_abs = margin * spread
 
     solution = solve_layer(
-        H, W, b, weight_bound=weight_bound, bias_bound=bias_bound, margin=margin_abs,
-        desc=name, **solve_options,
+        H,
+        W,
+        b,
+        weight_bound=weight_bound,
+        bias_bound=bias_bound,
+        margin=margin_abs,
+        desc=name,
+        **solve_options,
     )
     new_W, new_b = W + solution.delta_weight, b + solution.delta_bias
     Z_new = H @ new_W.T + new_b
@@ -287,7 +302,7 @@ def _initialize_layer(model, params, batch, name, layer, *, radius, margin, **so
         weight_bound=weight_bound,
         bias_bound=bias_bound,
         margin=margin_abs,
-        below_margin_before=int((Z < margin_abs).sum()),
+        below_margin_before=int((margin_abs > Z).sum()),
         below_margin_after=int((Z_new < margin_abs).sum()),
         zeros_before=int((Z <= 0).sum()),
         zeros_after=int((Z_new <= 0).sum()),

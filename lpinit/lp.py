@@ -230,13 +230,16 @@ def solve_layer(
     with threadpool_limits(limits=1), tqdm(total=W.shape[0], desc=desc, unit="unit", disable=not progress) as bar:
         R = margin - (H @ W.T + b)  # column j: unit j's right-hand side r
         if solver == "cvxpy":
-            solution = _solve_cvxpy(
-                H, R, weight_bound, bias_bound, exact=exact, time_limit_s=time_limit_s, bar=bar
-            )
+            solution = _solve_cvxpy(H, R, weight_bound, bias_bound, exact=exact, time_limit_s=time_limit_s, bar=bar)
         else:
             solution = _solve_highs(
-                Layer.from_input(H, weight_bound, bias_bound), R, n_jobs=n_jobs, exact=exact,
-                warm_start=warm_start, time_limit_s=time_limit_s, bar=bar,
+                Layer.from_input(H, weight_bound, bias_bound),
+                R,
+                n_jobs=n_jobs,
+                exact=exact,
+                warm_start=warm_start,
+                time_limit_s=time_limit_s,
+                bar=bar,
             )
     solution.wall_time_s = time.perf_counter() - start
     return solution
@@ -379,8 +382,13 @@ def _solve_highs(layer, R, *, n_jobs, exact, warm_start, time_limit_s, bar) -> L
     solution = LayerSolution.empty(units, len(layer.free))
     most = min(cpu_count() if n_jobs is None else n_jobs, units // MIN_UNITS_PER_WORKER)
     parts, helpers = parallel.map_chunks(
-        solve_chunk, (layer, R), order, max(0, most - 1), start_helpers="auto" if n_jobs is None else "always",
-        tick=bar.update, helper_setup=_one_highs_thread,
+        solve_chunk,
+        (layer, R),
+        order,
+        max(0, most - 1),
+        start_helpers="auto" if n_jobs is None else "always",
+        tick=bar.update,
+        helper_setup=_one_highs_thread,
     )
     for chunk, part in parts:
         solution.put(chunk, part)
@@ -538,7 +546,7 @@ def _solve_mip_chunk(layer_and_R, chunk, *, threads, time_limit_s, tick=None) ->
     (the big-M coefficients change the matrix). ``tick(1)`` after each unit."""
     layer, R = layer_and_R
     R = R[:, chunk]
-    n, free = layer.shape
+    _n, free = layer.shape
     solution = LayerSolution.empty(R.shape[1], len(layer.free))
     for k in range(R.shape[1]):
         r = layer.net(R[:, k])
@@ -596,7 +604,9 @@ def _new_highs(layer: Layer, A: sp.csc_matrix, r: np.ndarray, threads: int, pres
     cost = np.zeros(A.shape[1])
     cost[free : free + n] = 1.0
     col_lower = np.concatenate([np.full(free, -layer.weight_bound), np.zeros(n), [-inf] * layer.shifted])
-    col_upper = np.concatenate([np.full(free, layer.weight_bound), np.full(n, 1.0 if binary else inf), [inf] * layer.shifted])
+    col_upper = np.concatenate(
+        [np.full(free, layer.weight_bound), np.full(n, 1.0 if binary else inf), [inf] * layer.shifted]
+    )
     row_lower = np.concatenate([r, [0.0] * layer.shifted])
     row_upper = np.concatenate([np.full(n, inf), [0.0] * layer.shifted])
     integrality = np.full(A.shape[1], int(highspy.HighsVarType.kContinuous), dtype=np.int32)
@@ -610,9 +620,21 @@ def _new_highs(layer: Layer, A: sp.csc_matrix, r: np.ndarray, threads: int, pres
     highs.setOptionValue("presolve", presolve)
     # the overload that takes numpy arrays as they are (a HighsLp converts them element by element)
     status = highs.passModel(
-        A.shape[1], A.shape[0], A.nnz, int(highspy.MatrixFormat.kColwise), int(highspy.ObjSense.kMinimize), 0.0,
-        cost, col_lower, col_upper, row_lower, row_upper,
-        A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data, integrality,
+        A.shape[1],
+        A.shape[0],
+        A.nnz,
+        int(highspy.MatrixFormat.kColwise),
+        int(highspy.ObjSense.kMinimize),
+        0.0,
+        cost,
+        col_lower,
+        col_upper,
+        row_lower,
+        row_upper,
+        A.indptr.astype(np.int32),
+        A.indices.astype(np.int32),
+        A.data,
+        integrality,
     )
     if status != highspy.HighsStatus.kOk:
         raise RuntimeError(f"HiGHS refused the layer's LP (status {status}); this is a bug in lpinit.")
@@ -730,9 +752,7 @@ def _solve_cvxpy(H, R, weight_bound, bias_bound, *, exact, time_limit_s, bar) ->
             e_j = float(np.clip(e.value, -bias_bound, bias_bound))
             shortfall = R[:, j] - H @ d_j - e_j
             solution.delta_weight[j], solution.delta_bias[j] = d_j, e_j
-            solution.objective[j] = (
-                _count_short(shortfall, R[:, j]) if exact else np.maximum(shortfall, 0.0).sum()
-            )
+            solution.objective[j] = _count_short(shortfall, R[:, j]) if exact else np.maximum(shortfall, 0.0).sum()
         bar.update(1)
     return solution
 

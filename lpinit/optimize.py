@@ -66,9 +66,7 @@ def build_model(spec: str) -> nn.Module:
         return mlp(widths)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(
-            f"unknown --model {spec!r}; expected seed-mlp, mlp:784,...,10 or package.module:factory"
-        )
+        raise ValueError(f"unknown --model {spec!r}; expected seed-mlp, mlp:784,...,10 or package.module:factory")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
@@ -82,19 +80,29 @@ def build_model(spec: str) -> nn.Module:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = _OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--model", default="seed-mlp",
-        help="seed-mlp (default), mlp:784,W1,...,10, or package.module:factory")
-    add("--batch-size", type=_positive_int, default=256,
-        help="MNIST training images in the LP batch (default 256)")
-    add("--radius", type=_non_negative_float, default=0.1,
+    add("--model", default="seed-mlp", help="seed-mlp (default), mlp:784,W1,...,10, or package.module:factory")
+    add("--batch-size", type=_positive_int, default=256, help="MNIST training images in the LP batch (default 256)")
+    add(
+        "--radius",
+        type=_non_negative_float,
+        default=0.1,
         help="max weight change relative to sqrt(3) std(W); bias change relative to the "
-             "pre-activation spread (default 0.1)")
-    add("--margin", type=_non_negative_float, default=0.1,
-        help="target pre-activation relative to its spread (default 0.1)")
+        "pre-activation spread (default 0.1)",
+    )
+    add(
+        "--margin",
+        type=_non_negative_float,
+        default=0.1,
+        help="target pre-activation relative to its spread (default 0.1)",
+    )
     add("--solver", choices=SOLVERS, default="highs", help="highs (fast, default) or cvxpy (reference)")
-    add("--jobs", type=_positive_int, default=None,
+    add(
+        "--jobs",
+        type=_positive_int,
+        default=None,
         help="processes for the highs solver: this one and jobs-1 helpers, started while the data "
-             "loads (default: one per core)")
+        "loads (default: one per core)",
+    )
     add("--time-limit", type=_non_negative_float, default=None, help="per-unit time limit in seconds")
     add("--seed", type=int, default=0, help="seeds the model's init and the batch choice (default 0)")
     add("--exact", action="store_true", help="solve the mixed-integer version (small layers only)")
@@ -130,8 +138,14 @@ def main(argv=None) -> int:
     try:
         before = count_relu_zeros(model, test_images, patterns=False)
         report = lp_initialize(
-            model, batch, radius=args.radius, margin=args.margin, solver=args.solver,
-            n_jobs=args.jobs, time_limit_s=args.time_limit, exact=args.exact,
+            model,
+            batch,
+            radius=args.radius,
+            margin=args.margin,
+            solver=args.solver,
+            n_jobs=args.jobs,
+            time_limit_s=args.time_limit,
+            exact=args.exact,
             progress=not args.quiet,
         )
     except (ValueError, TypeError) as err:
@@ -161,7 +175,7 @@ def main(argv=None) -> int:
         print(report)
         print(f"\nReLU zeros on the {before.samples:,} MNIST test images (held out):")
         print(f"  {'site':<8}{'before':>9}{'after':>9}")
-        for b, a in zip(before.sites, after.sites):
+        for b, a in zip(before.sites, after.sites, strict=True):
             print(f"  {b.name:<8}{b.zero_fraction:>9.4f}{a.zero_fraction:>9.4f}")
         print(f"  {'total':<8}{before.zero_fraction:>9.4f}{after.zero_fraction:>9.4f}")
         print(f"\nSaved {out / 'model.pt'} and {out / 'report.json'}")

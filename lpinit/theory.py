@@ -229,9 +229,7 @@ def _trace(
         steps.append(out > 0)  # the unit is on iff its pre-activation is > 0
         state["last"] = f"ReLU #{call.position + 1}"
 
-    handles = [
-        m.register_forward_hook(on_module(name or type(model).__name__)) for name, m in model.named_modules()
-    ]
+    handles = [m.register_forward_hook(on_module(name or type(model).__name__)) for name, m in model.named_modules()]
     was_training = model.training
     model.eval()
     try:
@@ -369,9 +367,7 @@ def _pattern_change(base: _Chain, x_only: _Chain, p_only: _Chain, both: _Chain) 
     )
 
 
-def evaluate_perturbation(
-    model: nn.Module, x: torch.Tensor, x_pert=None, param_pert=None
-) -> PerturbationEffect:
+def evaluate_perturbation(model: nn.Module, x: torch.Tensor, x_pert=None, param_pert=None) -> PerturbationEffect:
     """f(x, P), L_gen, A'x' and the pattern change, from four traced forward passes.
 
     With ``x_pert`` None the input is not perturbed (x* = x), with

@@ -19,9 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-RELU_FUNCTIONS = frozenset(
-    {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
-)
+RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
 
 
 @dataclass
@@ -87,9 +85,7 @@ def watch_relus(model: nn.Module, on_relu: Callable[[ReluCall], None]) -> Iterat
         state["position"] += 1
 
     handles = [model.register_forward_pre_hook(start), model.register_forward_hook(finish)]
-    handles += [
-        m.register_forward_hook(remember(name)) for name, m in model.named_modules() if name
-    ]
+    handles += [m.register_forward_hook(remember(name)) for name, m in model.named_modules() if name]
     try:
         with _ReluInterceptor(relu_seen):
             yield

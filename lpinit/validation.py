@@ -87,10 +87,7 @@ def check_non_negative(value, name: str) -> float:
     """Return ``value`` as a float if it is a finite number >= 0."""
     number = _as_number(value, name, "a number >= 0")
     if not number >= 0 or number == float("inf"):
-        raise ValueError(
-            f"Expected {name} to be a finite number >= 0, got {value!r}. "
-            f"Pass e.g. {name}=0.1."
-        )
+        raise ValueError(f"Expected {name} to be a finite number >= 0, got {value!r}. Pass e.g. {name}=0.1.")
     return number
 
 

@@ -64,7 +64,7 @@ def test_functional_and_inplace_relus_match_literal_count(small_data):
     assert [s.name for s in result.sites] == ["a", "b", "relu@2", "relu@3"]
     assert [s.zeros for s in result.sites] == [literal_zeros(h) for h in stages]
     assert result.total_zeros == sum(literal_zeros(h) for h in stages)
-    for site, h in zip(result.sites, stages):
+    for site, h in zip(result.sites, stages, strict=True):
         assert site.elements == h.numel()
         np.testing.assert_array_equal(site.zeros_per_unit, (h == 0).sum(0).numpy())
 
@@ -193,14 +193,14 @@ def test_bad_data_gets_a_clear_error(data, error, message):
 
 
 def test_model_without_relu_is_rejected():
-    with pytest.raises(ValueError, match="at least one ReLU.*Sequential"):
+    with pytest.raises(ValueError, match=r"at least one ReLU.*Sequential"):
         count_relu_zeros(nn.Sequential(nn.Linear(3, 2), nn.Tanh()), torch.zeros(2, 3))
 
 
 def test_bad_batch_size_and_model():
     with pytest.raises(ValueError, match="batch_size"):
         count_relu_zeros(seed_mlp(), torch.zeros(2, 784), batch_size=0)
-    with pytest.raises(TypeError, match="torch.nn.Module"):
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         count_relu_zeros(lambda x: x, torch.zeros(2, 784))
 
 

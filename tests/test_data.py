@@ -40,10 +40,10 @@ def test_corrupt_cache_file_is_named_and_removed(tmp_path, monkeypatch):
     load_mnist(train=False)
     target = tmp_path / "cache" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     target.write_bytes(b"not mnist")
-    with pytest.raises(DataIntegrityError, match="t10k-labels-idx1-ubyte.*git checkout"):
+    with pytest.raises(DataIntegrityError, match=r"t10k-labels-idx1-ubyte.*git checkout"):
         load_mnist(train=False)
     assert not target.exists()
-    images, labels = load_mnist(train=False)  # decompressed afresh from the bundle
+    _images, labels = load_mnist(train=False)  # decompressed afresh from the bundle
     assert labels.shape == (10000,)
 
 
@@ -52,7 +52,7 @@ def test_missing_bundled_file_says_how_to_restore(tmp_path, monkeypatch):
     (bundle / "t10k-images-idx3-ubyte.gz").unlink()
     monkeypatch.setenv("LPINIT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LPINIT_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(DataIntegrityError, match="t10k-images-idx3-ubyte.gz.*git checkout"):
+    with pytest.raises(DataIntegrityError, match=r"t10k-images-idx3-ubyte\.gz.*git checkout"):
         load_mnist(train=False)
 
 
@@ -61,5 +61,5 @@ def test_damaged_bundle_fails_its_checksum(tmp_path, monkeypatch):
     (bundle / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00" * 100))
     monkeypatch.setenv("LPINIT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LPINIT_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(DataIntegrityError, match="Checksum mismatch.*t10k-labels-idx1-ubyte"):
+    with pytest.raises(DataIntegrityError, match=r"Checksum mismatch.*t10k-labels-idx1-ubyte"):
         load_mnist(train=False)

@@ -28,13 +28,14 @@ def _params(model):
 
 # ---------------------------------------------------------------- inits
 
+
 @pytest.mark.parametrize("name", inits.FIXED_INITS)
 def test_init_is_deterministic_given_seed(name, batch):
     a, b, c = build_model("seed", 3), build_model("seed", 3), build_model("seed", 4)
     for model, seed in ((a, 3), (b, 3), (c, 4)):
         initialize(name, model, batch, seed)
-    assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(b)))
-    assert not all(torch.equal(p, q) for p, q in zip(_params(a), _params(c)))
+    assert all(torch.equal(p, q) for p, q in zip(_params(a), _params(b), strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(_params(a), _params(c), strict=True))
 
 
 def test_build_model_leaves_global_rng_alone():
@@ -87,7 +88,7 @@ def test_bias_shift_matches_target_zero_fractions(batch):
     shifts = inits.bias_shift_(model, batch, targets)
     assert len(shifts) == 4
     zeros = count_relu_zeros(model, batch, patterns=False)  # independent counter
-    for site, target in zip(zeros.sites, targets):
+    for site, target in zip(zeros.sites, targets, strict=True):
         assert site.zero_fraction == pytest.approx(target, abs=1.0 / site.elements + 1e-9)
 
 
@@ -150,9 +151,9 @@ def test_lp_entries_and_bias_shift_plumbing_with_a_stand_in_lp(batch, monkeypatc
 
 # ---------------------------------------------------------------- settings
 
+
 def test_flags_override_preset(tmp_path):
-    s = parse_settings(["--preset", "full", "--seeds", "3", "--inits", "default,lsuv",
-                        "--results-root", str(tmp_path)])
+    s = parse_settings(["--preset", "full", "--seeds", "3", "--inits", "default,lsuv", "--results-root", str(tmp_path)])
     assert (s.seeds, s.inits, s.epochs, s.name) == (3, ("default", "lsuv"), 5, "full")
     assert s.results_dir == tmp_path / "full"
     with pytest.raises(SystemExit):
@@ -167,6 +168,7 @@ def test_different_recipe_in_same_folder_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- resumability
+
 
 def test_partial_trailing_line_is_repaired(tmp_path):
     path = tmp_path / "runs.jsonl"
@@ -222,21 +224,26 @@ def test_a_failed_run_is_logged_and_retried(tmp_path, monkeypatch):
     assert [r["init"] for r in got] == ["default"]
     (failure,) = runner.read_runs(s.results_dir / "failures.jsonl")
     assert "solver gave up" in failure["error"]
-    monkeypatch.setattr(runner, "run_one", lambda t, _: {"key": runner.run_key(t), **t, "final": {"test_accuracy": 2.0}})
+    monkeypatch.setattr(
+        runner, "run_one", lambda t, _: {"key": runner.run_key(t), **t, "final": {"test_accuracy": 2.0}}
+    )
     assert [r["init"] for r in runner.execute(s, runner.plan_tasks(s), progress=False)] == ["rai"]
 
 
 def test_threading_backend_runs_in_parallel(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "run_one", lambda t, s: {"key": runner.run_key(t), **t,
-                                                         "final": {"test_accuracy": 1.0}})
-    s = resolve("quick", {"results_root": str(tmp_path), "inits": ("default", "rai"),
-                          "backend": "threading", "n_jobs": 2})
+    monkeypatch.setattr(
+        runner, "run_one", lambda t, s: {"key": runner.run_key(t), **t, "final": {"test_accuracy": 1.0}}
+    )
+    s = resolve(
+        "quick", {"results_root": str(tmp_path), "inits": ("default", "rai"), "backend": "threading", "n_jobs": 2}
+    )
     record_settings(s)
     got = list(runner.execute(s, runner.plan_tasks(s), progress=False))
     assert len(got) == 4 == len(runner.read_runs(s.results_dir / "runs.jsonl"))
 
 
 # ---------------------------------------------------------------- statistics
+
 
 def test_describe_matches_scipy_t_interval():
     x = [1.0, 2.0, 4.0, 7.0]
@@ -269,18 +276,43 @@ def test_correlation_matches_hand_values():
 
 
 def _fake_record(init, seed, zero, acc, arch="seed", lr=0.01):
-    layers = {f"fc{i}": {"zeros": 1, "elements": 2, "zero_fraction": zero, "dead_units": 0, "units": 5}
-              for i in (1, 2)}
-    z = {"samples": 10, "total_zeros": 5, "zero_fraction": zero, "dead_units": 0,
-         "distinct_patterns": 9, "layers": layers}
-    hist = [{"epoch": e, "train_loss": None if e == 0 else 1.0 / e, "test_loss": 1.0, "test_accuracy": acc - 3 + e,
-             "zero_fraction": zero, "zero_fraction_per_layer": {"fc1": zero}, "epoch_time_s": 0.1}
-            for e in range(4)]
-    return {"key": f"{init}|{arch}|seed={seed}|lr={lr:g}", "init": init, "arch": arch, "seed": seed, "lr": lr,
-            "family": inits.family(init), "init_info": {}, "init_time_s": 0.01,
-            "at_init": {"lp_batch": z, "heldout": z, "test": z}, "history": hist,
-            "final": {"test_accuracy": acc, "test_loss": 0.5, "train_loss": 0.4, "zero_fraction": zero},
-            "stability": [], "device": "cpu", "wall_time_s": 1.0}
+    layers = {f"fc{i}": {"zeros": 1, "elements": 2, "zero_fraction": zero, "dead_units": 0, "units": 5} for i in (1, 2)}
+    z = {
+        "samples": 10,
+        "total_zeros": 5,
+        "zero_fraction": zero,
+        "dead_units": 0,
+        "distinct_patterns": 9,
+        "layers": layers,
+    }
+    hist = [
+        {
+            "epoch": e,
+            "train_loss": None if e == 0 else 1.0 / e,
+            "test_loss": 1.0,
+            "test_accuracy": acc - 3 + e,
+            "zero_fraction": zero,
+            "zero_fraction_per_layer": {"fc1": zero},
+            "epoch_time_s": 0.1,
+        }
+        for e in range(4)
+    ]
+    return {
+        "key": f"{init}|{arch}|seed={seed}|lr={lr:g}",
+        "init": init,
+        "arch": arch,
+        "seed": seed,
+        "lr": lr,
+        "family": inits.family(init),
+        "init_info": {},
+        "init_time_s": 0.01,
+        "at_init": {"lp_batch": z, "heldout": z, "test": z},
+        "history": hist,
+        "final": {"test_accuracy": acc, "test_loss": 0.5, "train_loss": 0.4, "zero_fraction": zero},
+        "stability": [],
+        "device": "cpu",
+        "wall_time_s": 1.0,
+    }
 
 
 def test_paired_uses_same_seed_pairs():
@@ -307,14 +339,20 @@ def test_report_regenerates_from_runs_jsonl_without_training(tmp_path, monkeypat
     text = path.read_text()
     assert "n=20 runs" in text and "Pearson r = -1.00" in text and "negative correlation" in text
     assert "| seed | 0.01 | lp@0.1 | bias_shift@0.1 | 4 |" in text
-    for name in ("summary.csv", "zeros_vs_accuracy.png", "learning_curves.png",
-                 "zeros_per_layer_at_init.png", "zeros_during_training.png"):
+    for name in (
+        "summary.csv",
+        "zeros_vs_accuracy.png",
+        "learning_curves.png",
+        "zeros_per_layer_at_init.png",
+        "zeros_during_training.png",
+    ):
         assert (s.results_dir / name).stat().st_size > 0
     header = (s.results_dir / "summary.csv").read_text().splitlines()[0]
     assert header.startswith("arch,init,lr,metric,n,mean,std,ci_low,ci_high")
 
 
 # ---------------------------------------------------------------- end to end
+
 
 def _check_results(folder, n_runs):
     runs = runner.read_runs(folder / "runs.jsonl")
@@ -327,9 +365,26 @@ def _check_results(folder, n_runs):
 def test_compare_smoke_tiny_budget(tmp_path):
     from experiments.compare import main
 
-    argv = ["--preset", "quick", "--inits", "default,lsuv", "--seeds", "1", "--train-subset", "1000",
-            "--holdout", "1000", "--stability-images", "8", "--n-jobs", "1", "--n-boot", "50",
-            "--results-root", str(tmp_path)]
+    argv = [
+        "--preset",
+        "quick",
+        "--inits",
+        "default,lsuv",
+        "--seeds",
+        "1",
+        "--train-subset",
+        "1000",
+        "--holdout",
+        "1000",
+        "--stability-images",
+        "8",
+        "--n-jobs",
+        "1",
+        "--n-boot",
+        "50",
+        "--results-root",
+        str(tmp_path),
+    ]
     assert main(argv) == 0
     runs = _check_results(tmp_path / "quick", 2)
     for r in runs:
@@ -347,7 +402,7 @@ def test_compare_smoke_tiny_budget(tmp_path):
     before = (tmp_path / "quick" / "runs.jsonl").read_bytes()
     assert main(argv) == 0
     assert (tmp_path / "quick" / "runs.jsonl").read_bytes() == before
-    assert main(argv[:-2] + ["--epochs", "2", "--results-root", str(tmp_path)]) == 2  # recipe changed
+    assert main([*argv[:-2], "--epochs", "2", "--results-root", str(tmp_path)]) == 2  # recipe changed
 
 
 @pytest.mark.slow

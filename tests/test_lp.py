@@ -33,8 +33,13 @@ class LPCase:
 
     def solve(self, **kwargs):
         return solve_layer(
-            np.array(self.H, dtype=float), np.array(self.W, dtype=float), np.array(self.b, dtype=float),
-            weight_bound=self.weight_bound, bias_bound=self.bias_bound, margin=self.margin, **kwargs,
+            np.array(self.H, dtype=float),
+            np.array(self.W, dtype=float),
+            np.array(self.b, dtype=float),
+            weight_bound=self.weight_bound,
+            bias_bound=self.bias_bound,
+            margin=self.margin,
+            **kwargs,
         )
 
 
@@ -86,7 +91,7 @@ def linprog_objectives(H, W, b, weight_bound, bias_bound, margin):
     cost = np.r_[np.zeros(d_in + 1), np.ones(n)]
     bounds = [(-weight_bound, weight_bound)] * d_in + [(-bias_bound, bias_bound)] + [(0, None)] * n
     optima = []
-    for w, bias in zip(W, b):
+    for w, bias in zip(W, b, strict=True):
         r = margin - (H @ w + bias)
         result = linprog(cost, A_ub=A_ub, b_ub=-r, bounds=bounds, method="highs")
         assert result.status == 0, result.message
@@ -195,7 +200,7 @@ def test_split_constant_reconstructs_H_with_fewer_nonzeros():
     H, _, _ = background_layer(4)
     S, c = split_constant(H)
     np.testing.assert_allclose(S.toarray() + c, H, rtol=1e-15, atol=1e-15)
-    np.testing.assert_array_equal(S.toarray() == 0, H == c)  # background entries vanish exactly
+    np.testing.assert_array_equal(S.toarray() == 0, c == H)  # background entries vanish exactly
     assert S.nnz < 0.5 * np.count_nonzero(H)
     assert set(np.unique(c)) <= {-0.4242, -0.3, 0.1}
 
@@ -232,9 +237,7 @@ def test_shift_is_used_on_a_real_mnist_batch(mnist_test):
     reference = solve_layer(H, W, b, solver="cvxpy", **bounds)
     assert fast.status_counts() == reference.status_counts() == {"optimal": 8}
     np.testing.assert_allclose(fast.objective, reference.objective, rtol=1e-6, atol=1e-9)
-    assert_feasible_and_achieving(
-        H, W, b, bounds["margin"], bounds["weight_bound"], bounds["bias_bound"], fast
-    )
+    assert_feasible_and_achieving(H, W, b, bounds["margin"], bounds["weight_bound"], bounds["bias_bound"], fast)
 
 
 # ---------------------------------------------------------------- hot starts and checks
@@ -361,11 +364,11 @@ def test_exact_mode_finds_the_fewest_short_rows(solver, seed):
     bounds = dict(weight_bound=0.4, bias_bound=0.2, margin=0.3)
     exact = solve_layer(H, W, b, solver=solver, exact=True, n_jobs=1, **bounds)
     assert exact.status_counts() == {"optimal": 3}
-    brute = [fewest_short_rows(H, w, bias, **bounds) for w, bias in zip(W, b)]
+    brute = [fewest_short_rows(H, w, bias, **bounds) for w, bias in zip(W, b, strict=True)]
     np.testing.assert_array_equal(exact.objective, brute)
     # the changes returned do leave exactly that many rows short
     Z = H @ (W + exact.delta_weight).T + (b + exact.delta_bias)
-    np.testing.assert_array_equal((Z < bounds["margin"] - 1e-6).sum(axis=0), brute)
+    np.testing.assert_array_equal((bounds["margin"] - 1e-6 > Z).sum(axis=0), brute)
     assert np.abs(exact.delta_weight).max() <= 0.4 and np.abs(exact.delta_bias).max() <= 0.2
     # the LP relaxation's changes can do no better than the true minimum
     relaxed = solve_layer(H, W, b, solver=solver, n_jobs=1, **bounds)
@@ -381,7 +384,7 @@ def test_exact_mode_beats_the_lp_on_a_hand_solved_case(solver):
     np.testing.assert_allclose(exact.delta_weight, [[1.0]], atol=1e-9)
     relaxed = case.solve(solver=solver, n_jobs=1)
     Z = np.array(case.H) @ relaxed.delta_weight.T
-    assert (Z < case.margin - 1e-6).sum() == 2
+    assert (case.margin - 1e-6 > Z).sum() == 2
 
 
 # ---------------------------------------------------------------- limits and statuses
@@ -393,8 +396,16 @@ def test_time_limit_keeps_the_weights(solver, exact):
     H, W, b = random_layer(12, k=3)
     solution = solve_layer(
         # margins no start meets outright, yet that MIP presolve alone cannot settle
-        H, W, b, weight_bound=0.2, bias_bound=0.1, margin=0.5 if exact else 2.0, solver=solver, exact=exact,
-        n_jobs=1, time_limit_s=0.0,
+        H,
+        W,
+        b,
+        weight_bound=0.2,
+        bias_bound=0.1,
+        margin=0.5 if exact else 2.0,
+        solver=solver,
+        exact=exact,
+        n_jobs=1,
+        time_limit_s=0.0,
     )
     assert solution.status_counts() == {"time_limit": 3}
     assert not solution.delta_weight.any() and not solution.delta_bias.any()
@@ -443,8 +454,7 @@ def _H():
         (_H(), np.ones((2, 3)), np.zeros(2), {"n_jobs": 0}, ValueError, "n_jobs >= 1"),
         (_H(), np.ones((2, 3)), np.zeros(2), {"n_jobs": 1.5}, TypeError, "n_jobs"),
         (_H(), np.ones((2, 3)), np.zeros(2), {"time_limit_s": -1}, ValueError, "time_limit_s"),
-        (_H(), np.ones((2, 3)), np.zeros(2), {"solver": "cvxpy", "warm_start": True}, ValueError,
-         "warm_start"),
+        (_H(), np.ones((2, 3)), np.zeros(2), {"solver": "cvxpy", "warm_start": True}, ValueError, "warm_start"),
         (_H(), np.ones((2, 3)), np.zeros(2), {"exact": True, "warm_start": True}, ValueError, "warm_start"),
     ],
 )
@@ -460,7 +470,19 @@ def test_benchmark_script_runs_on_a_tiny_budget(monkeypatch, capsys, tmp_path):
     from experiments import bench_lp
 
     out = tmp_path / "bench.json"
-    argv = ["bench_lp", "--batch-size", "32", "--jobs", "1", "--repeats", "1", "--reference-units", "1", "--json", str(out)]
+    argv = [
+        "bench_lp",
+        "--batch-size",
+        "32",
+        "--jobs",
+        "1",
+        "--repeats",
+        "1",
+        "--reference-units",
+        "1",
+        "--json",
+        str(out),
+    ]
     monkeypatch.setattr("sys.argv", argv)
     bench_lp.main()
     printed = capsys.readouterr().out

@@ -8,9 +8,7 @@ from lpinit.models import mlp, seed_mlp
 def test_seed_mlp_is_the_notebooks_network():
     model = seed_mlp()
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linears] == [
-        (784, 750), (750, 320), (320, 50), (50, 10)
-    ]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 750), (750, 320), (320, 50), (50, 10)]
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 1  # one module, reused
     x = torch.randn(3, 1, 28, 28)
     h = torch.flatten(x, 1)

@@ -15,7 +15,7 @@ SMALL = ["--model", "mlp:784,16,10", "--batch-size", "32", "--jobs", "1"]
 
 def test_runs_and_saves_model_and_report(tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(SMALL + ["--out", str(out)]) == 0
+    assert main([*SMALL, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "ReLU zeros on the 10,000 MNIST test images" in printed
     report = json.loads((out / "report.json").read_text())
@@ -26,7 +26,7 @@ def test_runs_and_saves_model_and_report(tmp_path, capsys):
 
 
 def test_json_flag_prints_json(tmp_path, capsys):
-    assert main(SMALL + ["--out", str(tmp_path), "--json", "--quiet"]) == 0
+    assert main([*SMALL, "--out", str(tmp_path), "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert 0 <= result["test_zero_fraction_after"] <= 1
 
@@ -74,7 +74,7 @@ def test_solver_failure_exits_1(tmp_path, monkeypatch, capsys):
         return solution
 
     monkeypatch.setattr(initialize_module, "solve_layer", fail_all)
-    assert main(SMALL + ["--out", str(tmp_path), "--quiet"]) == 1
+    assert main([*SMALL, "--out", str(tmp_path), "--quiet"]) == 1
     assert "solver failure" in capsys.readouterr().err
 
 
@@ -82,6 +82,17 @@ def test_help_documents_every_flag():
     result = subprocess.run(
         [sys.executable, "-m", "lpinit.optimize", "--help"], capture_output=True, text=True, check=True
     )
-    for flag in ["--model", "--batch-size", "--radius", "--margin", "--solver", "--jobs",
-                 "--seed", "--exact", "--out", "--quiet", "--json"]:
+    for flag in [
+        "--model",
+        "--batch-size",
+        "--radius",
+        "--margin",
+        "--solver",
+        "--jobs",
+        "--seed",
+        "--exact",
+        "--out",
+        "--quiet",
+        "--json",
+    ]:
         assert flag in result.stdout

@@ -81,7 +81,7 @@ def die_in_helper(data, units, *, threads, tick=None):
 
 def test_a_helper_that_dies_raises_here_and_the_next_call_works():
     before = set(glob.glob(_shared_pattern()))
-    with pytest.raises(Exception, match="(?i)worker|process"):
+    with pytest.raises(Exception, match=r"(?i)worker|process"):
         map_chunks(die_in_helper, np.arange(64.0), np.arange(64), 1, start_helpers="always")
     assert set(glob.glob(_shared_pattern())) == before
     data, order = np.arange(100.0), np.arange(100)
@@ -112,7 +112,7 @@ def test_helpers_that_are_up_are_used(monkeypatch):
     parallel.start_helpers(1)
     monkeypatch.setattr(parallel, "HELPER_START_S", 1e6)  # would never be started for this
     monkeypatch.setattr(parallel, "running_helpers", lambda: 1)
-    parts, helpers = map_chunks(square_units, np.arange(100.0), np.arange(100), 1)
+    _parts, helpers = map_chunks(square_units, np.arange(100.0), np.arange(100), 1)
     assert helpers == 1
 
 

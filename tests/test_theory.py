@@ -6,6 +6,7 @@ form, and the four forward evaluations of L_gen itself (A'x' is computed
 independently, from masked weight products).
 """
 
+import itertools
 from collections import OrderedDict
 
 import pytest
@@ -30,7 +31,7 @@ def random_net(widths, bias=True, final_relu=False, seed=0) -> nn.Sequential:
     """A float64 Flatten-Linear-ReLU chain with N(0, 1/fan_in) weights and N(0, 0.1^2) biases."""
     g = torch.Generator().manual_seed(seed)
     layers = [("flatten", nn.Flatten())]
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(widths)):
         linear = nn.Linear(fan_in, fan_out, bias=bias, dtype=torch.float64)
         with torch.no_grad():
             linear.weight.copy_(torch.randn(fan_out, fan_in, generator=g, dtype=torch.float64) / fan_in**0.5)
@@ -104,7 +105,7 @@ def test_notebook_expansion_term_by_term():
     x_pert, param_pert = perturbations(model, x, 1e-4, seed=6)
     assert not pattern_change(model, x, x_pert, param_pert).changed.any()
     A, c = local_affine_map(model, x)
-    A_star, c_star = local_affine_map(model, x, param_pert)
+    A_star, _c_star = local_affine_map(model, x, param_pert)
     f_x_star = model(x + x_pert).detach()
     torch.testing.assert_close(f_x_star, apply(A, x + x_pert) + c, rtol=0, atol=1e-12)  # f(x*, P) = A x* + c
     torch.testing.assert_close(A_star - A, linear_map_change(model, x, param_pert), rtol=0, atol=0)
@@ -241,7 +242,7 @@ def test_unsupported_models_raise_clear_errors(model, shape, match):
 def test_bad_perturbations_raise():
     model = random_net(WIDTHS[1])
     x = torch.randn(3, 5, dtype=torch.float64)
-    with pytest.raises(ValueError, match="unknown 'fc9.weight'"):
+    with pytest.raises(ValueError, match=r"unknown 'fc9\.weight'"):
         l_gen(model, x, x, {"fc9.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"shape \(7, 5\)"):
         l_gen(model, x, x, {"fc1.weight": torch.zeros(5, 7)})
@@ -258,8 +259,14 @@ def test_measure_stability_on_a_tiny_model():
 
     model = random_net((16, 12, 8, 4), seed=12).float()
     images = torch.randn(40, 1, 4, 4, generator=torch.Generator().manual_seed(13))
-    rows = measure_stability(model, images, sizes=(1e-1, 1e-7, 1.0), n_samples=32, n_perturbations=3,
-                             generator=torch.Generator().manual_seed(14))
+    rows = measure_stability(
+        model,
+        images,
+        sizes=(1e-1, 1e-7, 1.0),
+        n_samples=32,
+        n_perturbations=3,
+        generator=torch.Generator().manual_seed(14),
+    )
     assert [r["size"] for r in rows] == [1e-7, 1e-1, 1.0]
     assert next(model.parameters()).dtype == torch.float32  # measured on a copy
     tiny, _, huge = rows
@@ -273,8 +280,14 @@ def test_measure_stability_on_a_tiny_model():
         if row["identity_holds_when_exact"] is not None:
             assert row["identity_holds_when_exact"] == 1
     assert tiny["l_gen"] < rows[1]["l_gen"] < huge["l_gen"]
-    again = measure_stability(model, images, sizes=(1e-1, 1e-7, 1.0), n_samples=32, n_perturbations=3,
-                              generator=torch.Generator().manual_seed(14))
+    again = measure_stability(
+        model,
+        images,
+        sizes=(1e-1, 1e-7, 1.0),
+        n_samples=32,
+        n_perturbations=3,
+        generator=torch.Generator().manual_seed(14),
+    )
     assert again == rows
 
 
@@ -288,8 +301,9 @@ def test_stability_report_from_records(tmp_path):
             with torch.no_grad():
                 model.fc1.bias.add_(shift)  # fewer zeros for "wide"
             images = torch.randn(24, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-            rows = measure_stability(model, images, n_samples=24, n_perturbations=2,
-                                     generator=torch.Generator().manual_seed(seed))
+            rows = measure_stability(
+                model, images, n_samples=24, n_perturbations=2, generator=torch.Generator().manual_seed(seed)
+            )
             for stage in ("init", "trained"):  # the same rows twice: the report only groups them
                 records += [{**r, "init": init, "stage": stage, "seed": seed, "arch": "tiny"} for r in rows]
     path = plot_stability(records, tmp_path / "stability.png")
@@ -328,8 +342,9 @@ def test_stability_section_with_one_seed_per_init():
     for init, seed in (("a", 0), ("b", 1)):
         model = random_net((16, 12, 8, 4), seed=30 + seed)
         images = torch.randn(16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-        rows = measure_stability(model, images, n_samples=16, n_perturbations=1,
-                                 generator=torch.Generator().manual_seed(seed))
+        rows = measure_stability(
+            model, images, n_samples=16, n_perturbations=1, generator=torch.Generator().manual_seed(seed)
+        )
         records += [{**r, "init": init, "stage": "init", "seed": seed, "arch": "tiny"} for r in rows]
     text = stability_section(records)
     assert "one seed each" in text and "(0 beyond the seed spread)" in text
