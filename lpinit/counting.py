@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpinit.tracing import ReluCall, site_names, watch_relus
-from lpinit.validation import check_data_tensor, run_model
+from lpinit.tracing import ReluCall, eval_mode, site_names, watch_relus
+from lpinit.validation import check_data_tensor, check_model, run_model
 
 
 @dataclass
@@ -213,30 +213,24 @@ def count_relu_zeros(model: nn.Module, data, batch_size: int = 1000, *, patterns
         >>> zeros = count_relu_zeros(seed_mlp(), images)
         >>> zeros.total_zeros, zeros.site("fc1").zero_fraction
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected model to be a torch.nn.Module, got {type(model).__name__}.")
+    check_model(model)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r}.")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     tally = _Tally(patterns)
     calls: list[ReluCall] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), watch_relus(model, calls.append):
-            for batch in _batches(data, batch_size):
-                calls.clear()
-                batch = batch.to(device)
-                run_model(model, batch)
-                if not calls:
-                    raise ValueError(
-                        f"Expected a model that applies at least one ReLU, got a "
-                        f"{type(model).__name__} whose forward pass applied none. Use a "
-                        "model with nn.ReLU modules or F.relu/torch.relu calls."
-                    )
-                tally.add(list(calls), batch.shape[0])
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), watch_relus(model, calls.append):
+        for batch in _batches(data, batch_size):
+            calls.clear()
+            batch = batch.to(device)
+            run_model(model, batch)
+            if not calls:
+                raise ValueError(
+                    f"Expected a model that applies at least one ReLU, got a "
+                    f"{type(model).__name__} whose forward pass applied none. Use a "
+                    "model with nn.ReLU modules or F.relu/torch.relu calls."
+                )
+            tally.add(list(calls), batch.shape[0])
     if tally.samples == 0:
         raise ValueError("Expected at least one sample in data, got an empty iterable of batches.")
     return tally.result()

@@ -48,8 +48,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from lpinit.tracing import ReluCall, watch_relus
-from lpinit.validation import check_data_tensor
+from lpinit.tracing import ReluCall, eval_mode, watch_relus
+from lpinit.validation import check_data_tensor, check_model
 
 # Leaf modules that run in a forward pass without changing values (in eval mode).
 _PASS_THROUGH = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
@@ -106,11 +106,6 @@ class PerturbationEffect:
     change: PatternChange
 
 
-def _check_model(model) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected model to be a torch.nn.Module, got {type(model).__name__}.")
-
-
 def _model_dtype_device(model: nn.Module) -> tuple[torch.dtype, torch.device]:
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
     if param is None:
@@ -148,7 +143,7 @@ def perturbed_parameters(model: nn.Module, param_pert: Mapping[str, torch.Tensor
             tensor of that parameter's shape; parameters not named are left
             unperturbed. Cast to each parameter's dtype and device.
     """
-    _check_model(model)
+    check_model(model)
     if not isinstance(param_pert, Mapping):
         raise TypeError(
             f"Expected param_pert to be a dict of parameter name -> tensor, got "
@@ -230,15 +225,12 @@ def _trace(
         state["last"] = f"ReLU #{call.position + 1}"
 
     handles = [m.register_forward_hook(on_module(name or type(model).__name__)) for name, m in model.named_modules()]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), watch_relus(model, on_relu):
+        with eval_mode(model), torch.no_grad(), watch_relus(model, on_relu):
             output = model(x) if params is None else functional_call(model, params, (x,))
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     if not isinstance(output, torch.Tensor) or output.shape[:1] != (n,):
         fail(f"the model returned {type(output).__name__} rather than one tensor of n outputs")
     output = output.reshape(n, -1)
@@ -303,7 +295,7 @@ def activation_pattern(model: nn.Module, x: torch.Tensor, param_pert=None) -> to
         x: inputs (n, ...), cast to the model's dtype and device.
         param_pert: optional {name: P'}; evaluate at P + P' instead of P.
     """
-    _check_model(model)
+    check_model(model)
     x = _as_input(model, x)
     params = None if param_pert is None else perturbed_parameters(model, param_pert)
     return _trace(model, x, params).pattern()
@@ -338,7 +330,7 @@ def local_affine_map(model: nn.Module, x: torch.Tensor, param_pert=None) -> tupl
         >>> torch.allclose(model(x), (A @ x[:, :, None])[..., 0] + c)
         True
     """
-    _check_model(model)
+    check_model(model)
     x = _as_input(model, x)
     params = None if param_pert is None else perturbed_parameters(model, param_pert)
     return _affine(_trace(model, x, params))
@@ -375,7 +367,7 @@ def evaluate_perturbation(model: nn.Module, x: torch.Tensor, x_pert=None, param_
     given. :func:`l_gen`, :func:`predicted_l_gen` and :func:`pattern_change`
     return one field each; use this when you need several.
     """
-    _check_model(model)
+    check_model(model)
     if x_pert is None and param_pert is None:
         raise ValueError(
             "Expected a perturbation, got x_pert=None and param_pert=None. Pass x_pert "

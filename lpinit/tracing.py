@@ -6,13 +6,18 @@ ReLUs come as ``nn.ReLU`` modules (possibly one module reused), as
 ``TorchFunctionMode`` sees each application, whatever the model's code looks
 like. Forward hooks on the submodules remember which module produced each
 tensor, so a ReLU site can be named after the layer that feeds it (``fc1``).
+
+Two helpers serve every part of lpinit that runs a model to look at it:
+``eval_mode`` (switch to eval, restore each submodule's own flag after) and
+``capture_layer_io`` (a layer's input or output during one forward pass).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +25,57 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 RELU_FUNCTIONS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``model`` and all its submodules are in eval mode; on
+    exit, error or not, each gets back its own ``training`` flag (a frozen
+    BatchNorm inside a training model stays frozen)."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def capture_layer_io(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    run: Callable[[], object],
+    what: Literal["input", "output"] = "output",
+) -> list[list[torch.Tensor]]:
+    """The first positional input (``what="input"``) or the output of each of
+    ``layers`` in every call during ``run()``, one list per layer, in call order.
+    Hooks are removed afterwards, error or not.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+        >>> x = torch.ones(4, 3)
+        >>> [calls[0].shape for calls in capture_layer_io(net, [net[0]], lambda: net(x), "input")]
+        [torch.Size([4, 3])]
+    """
+    seen: list[list[torch.Tensor]] = [[] for _ in layers]
+    if what == "input":
+        handles = [
+            layer.register_forward_pre_hook(lambda module, args, i=i: seen[i].append(args[0].detach()))
+            for i, layer in enumerate(layers)
+        ]
+    elif what == "output":
+        handles = [
+            layer.register_forward_hook(lambda module, args, out, i=i: seen[i].append(out.detach()))
+            for i, layer in enumerate(layers)
+        ]
+    else:
+        raise ValueError(f"Expected what='input' or 'output', got {what!r}.")
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
 
 
 @dataclass
@@ -112,13 +168,8 @@ def relu_fed_linears(model: nn.Module, example: torch.Tensor) -> list[tuple[str,
     """The ``nn.Linear`` layers whose output goes straight into a ReLU, in
     forward order, found by one forward pass on ``example`` (under no_grad)."""
     calls: list[ReluCall] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), watch_relus(model, calls.append):
-            model(example)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), watch_relus(model, calls.append):
+        model(example)
     found: dict[int, tuple[str, nn.Linear]] = {}
     for call in calls:
         if isinstance(call.feeder, nn.Linear):

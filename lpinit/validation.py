@@ -60,6 +60,18 @@ def check_data_tensor(data, name: str = "data") -> torch.Tensor:
     return data
 
 
+def check_model(model, name: str = "model") -> nn.Module:
+    """Return ``model`` if it is an ``nn.Module``."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"Expected {name} to be a torch.nn.Module, got {type(model).__name__}. "
+            "Pass the network itself (e.g. lpinit.seed_mlp()), not its state_dict or output."
+        )
+    return model
+
+
 def check_choice(value, choices, name: str):
     """Return ``value`` if it is one of ``choices``; otherwise list the valid ones."""
     if value not in choices:
