@@ -10,9 +10,9 @@ Timed, over all 1,130 units:
   (i)   cvxpy, the problem rebuilt for every unit (what one writes first);
   (ii)  cvxpy with ``r`` a Parameter, compiled once per layer (``solver="cvxpy"``);
   (iii) the fast path (``solver="highs"``): as ``lp_initialize`` calls it by
-        default (``n_jobs=None``) with no helper process up, when it starts
-        helpers only if the work repays it; with --jobs processes (this one
-        and jobs - 1 helpers) while the helpers start, and with them up
+        default (``n_jobs=None``) with no worker process up, when it starts
+        workers only if the work repays it; with --jobs processes (this one
+        and jobs - 1 workers) while the workers start, and with them up
         (median of --repeats runs); and in one process;
 and HiGHS's own time inside the fast path, the floor. (i) and (ii) take a
 fraction of a second per unit, so they are timed on the first
@@ -44,8 +44,8 @@ from joblib import cpu_count
 from torch import nn
 
 from lpinit import load_mnist, seed_mlp
-from lpinit.lp import Layer, solve_layer
-from lpinit.parallel import stop_helpers
+from lpinit.lp import solve_layer, stop_workers
+from lpinit.lp.problem import ReducedLP
 
 
 def layer_inputs(model: nn.Module, images: torch.Tensor) -> list[tuple]:
@@ -94,8 +94,8 @@ def fast_path(layers, jobs, **options) -> list[tuple]:
 def summarize(results) -> dict[str, float]:
     wall = sum(s.wall_time_s for _, s in results)
     inside = sum(s.solver_time_s.sum() for _, s in results)
-    capacity = sum(s.wall_time_s * s.workers for _, s in results)
-    return dict(wall_s=wall, highs_s=inside, share=inside / capacity, processes=max(s.workers for _, s in results))
+    capacity = sum(s.wall_time_s * s.processes for _, s in results)
+    return dict(wall_s=wall, highs_s=inside, share=inside / capacity, processes=max(s.processes for _, s in results))
 
 
 def median_run(layers, jobs, repeats) -> tuple[list, dict]:
@@ -109,14 +109,14 @@ def median_run(layers, jobs, repeats) -> tuple[list, dict]:
 def print_layers(layers, results) -> None:
     """What the reductions left of each layer's LPs, and how the units went."""
     for (name, H, W, b), (_, s) in zip(layers, results, strict=True):
-        layer = Layer.from_input(H, benchmark_bounds(H, W, b)["weight_bound"], 0.0)
+        layer = ReducedLP.from_input(H, benchmark_bounds(H, W, b)["weight_bound"], 0.0)
         no_run = int(((s.iterations == 0) & (s.solver_time_s == 0)).sum())
         counts = ", ".join(f"{k} {v}" for k, v in s.status_counts().items())
         print(
             f"    {name}: {len(s.status)} units; the LP keeps {layer.free.sum()} of {H.shape[1]} weights "
             f"and {layer.S.nnz} of their {np.count_nonzero(H[:, layer.free])} nonzeros; "
             f"{no_run} units need no HiGHS run; {s.iterations.mean():.1f} iterations/unit; "
-            f"workers {s.workers}, {s.wall_time_s:.2f} s; re-solved {s.resolves}; {counts}"
+            f"processes {s.processes}, {s.wall_time_s:.2f} s; re-solved {s.resolves}; {counts}"
         )
 
 
@@ -132,7 +132,7 @@ def main() -> None:
         help="units per layer timed for (i) and (ii), extrapolated to all units",
     )
     parser.add_argument("--skip-reference", action="store_true", help="time the fast path only")
-    parser.add_argument("--repeats", type=int, default=5, help="runs with helpers up, of which the median is shown")
+    parser.add_argument("--repeats", type=int, default=5, help="runs with workers up, of which the median is shown")
     parser.add_argument(
         "--warm-start-too",
         action="store_true",
@@ -160,14 +160,14 @@ def main() -> None:
     )
     record = dict(settings=vars(args) | {"jobs": jobs})
 
-    # Helper processes stay up between calls (lpinit.parallel): stop them
+    # Worker processes stay up between calls (lpinit.parallel): stop them
     # between the rows that need none up.
-    default_label = "default (n_jobs=None), no helpers up"
-    first_label = f"n_jobs={jobs}, helpers starting"
-    again_label = f"n_jobs={jobs}, helpers up (median of {args.repeats})"
-    stop_helpers()
+    default_label = "default (n_jobs=None), no workers up"
+    first_label = f"n_jobs={jobs}, workers starting"
+    again_label = f"n_jobs={jobs}, workers up (median of {args.repeats})"
+    stop_workers()
     runs = {default_label: fast_path(layers, None)}
-    stop_helpers()
+    stop_workers()
     runs[first_label] = fast_path(layers, jobs)
     runs[again_label], spread = median_run(layers, jobs, args.repeats)
     runs["one process (n_jobs=1)"] = fast_path(layers, 1)
@@ -212,24 +212,24 @@ def main() -> None:
         print(f"  objectives of (i), (ii) and (iii) agree to {worst:.1e} (relative, on the units timed)")
         print(
             f"goals: (i)/(iii) = {naive_s / default['wall_s']:.0f}x by default, "
-            f"{naive_s / again['wall_s']:.0f}x with helpers up (>= 20x); whole MLP {default['wall_s']:.1f} s / "
+            f"{naive_s / again['wall_s']:.0f}x with workers up (>= 20x); whole MLP {default['wall_s']:.1f} s / "
             f"{again['wall_s']:.1f} s (< 10 s); inside HiGHS {default['share']:.0%} by default, "
-            f"{again['share']:.0%} with helpers up, {first['share']:.0%} while they start (>= 90%)"
+            f"{again['share']:.0%} with workers up, {first['share']:.0%} while they start (>= 90%)"
         )
 
     if args.batch_sizes:
-        print(f"fast path by batch size: the default call with no helper up, and n_jobs={jobs} with helpers up")
+        print(f"fast path by batch size: the default call with no worker up, and n_jobs={jobs} with workers up")
         growth, previous = [], None
-        warm_up = layer_inputs(model, images[draw[:128]])[:1]  # a small layer, to bring the helpers up
+        warm_up = layer_inputs(model, images[draw[:128]])[:1]  # a small layer, to bring the workers up
         for size in (int(x) for x in args.batch_sizes.split(",")):
             layers_n = layer_inputs(model, images[draw[:size]])
-            stop_helpers()
+            stop_workers()
             default_n = summarize(fast_path(layers_n, None))
             fast_path(warm_up, jobs)
             total = summarize(fast_path(layers_n, jobs))
             line = (
                 f"  batch {size:5d}: default {default_n['wall_s']:7.2f} s, {default_n['processes']} process(es), "
-                f"share {default_n['share']:.0%}; helpers up {total['wall_s']:7.2f} s wall, "
+                f"share {default_n['share']:.0%}; workers up {total['wall_s']:7.2f} s wall, "
                 f"{total['highs_s']:7.2f} s in HiGHS (share {total['share']:.0%}), "
                 f"{1e3 * total['wall_s'] / units:6.1f} ms/unit"
             )

@@ -35,8 +35,8 @@ from torch.func import functional_call
 
 from lpinit.counting import count_relu_zeros
 from lpinit.lp import SOLVERS, solve_layer
-from lpinit.tracing import relu_fed_linears
-from lpinit.validation import check_choice, check_data_tensor, check_non_negative, run_model
+from lpinit.tracing import capture_layer_io, eval_mode, relu_fed_linears
+from lpinit.validation import check_choice, check_data_tensor, check_model, check_non_negative, run_model
 
 
 @dataclass
@@ -60,7 +60,7 @@ class LayerReport:
     iterations: int
     solver_time_s: float
     wall_time_s: float
-    processes: int  # that solved the LPs: this one and any helpers
+    processes: int  # that solved the LPs: this one and its worker processes
     max_abs_weight_change: float
     relative_change: float  # ||[dW, db]||_F / ||[W, b]||_F
 
@@ -126,12 +126,7 @@ class LPInitReport:
 
 def _layer_input(model, params, batch, layer):
     """The input of ``layer`` when ``model`` runs on ``batch`` with ``params``."""
-    captured = []
-    handle = layer.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-    try:
-        functional_call(model, params, (batch,))
-    finally:
-        handle.remove()
+    (captured,) = capture_layer_io(model, [layer], lambda: functional_call(model, params, (batch,)), "input")
     if len(captured) != 1:
         raise ValueError(
             f"Expected each ReLU-fed Linear layer to run once per forward pass, but one ran "
@@ -173,7 +168,7 @@ def lp_initialize(
     n_jobs: int | None = None,
     time_limit_s: float | None = None,
     exact: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> LPInitReport:
     """Adjust, in place, every Linear layer that feeds a ReLU so that fewer
     pre-activations on ``batch`` fall below a margin (see the module docstring
@@ -195,13 +190,14 @@ def lp_initialize(
         solver: ``"highs"`` (highspy, hot-started, parallel) or ``"cvxpy"``
             (the readable reference; same optimum).
         n_jobs: processes for the highs path, this one included. ``None``: up
-            to one per core; helper processes that are up are used, others are
-            started only for layers whose LPs repay it (``start_helpers``
+            to one per core; worker processes that are up are used, others are
+            started only for layers whose LPs repay it (``start_workers``
             starts them ahead of time).
         time_limit_s: per-unit time limit in seconds.
         exact: solve the mixed-integer version (minimize the count below the
             margin) instead of the LP; for small layers only.
-        progress: show a tqdm bar over the units of each layer.
+        progress: show a tqdm bar over the units of each layer (``None``:
+            only on an interactive terminal).
 
     Returns:
         An ``LPInitReport``; ``print(report)`` shows a table.
@@ -213,8 +209,7 @@ def lp_initialize(
         >>> report = lp_initialize(model, images[:256], radius=0.1)
         >>> print(report)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected model to be a torch.nn.Module, got {type(model).__name__}.")
+    check_model(model)
     check_data_tensor(batch, "batch")
     radius = check_non_negative(radius, "radius")
     margin = check_non_negative(margin, "margin")
@@ -225,40 +220,35 @@ def lp_initialize(
     start = time.perf_counter()
     reference = next(model.parameters(), batch)
     batch = batch.to(device=reference.device, dtype=reference.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            run_model(model, batch)  # shape and dtype errors surface here, clearly
-            chosen = _select_layers(model, batch, layers)
-            zeros_before = count_relu_zeros(model, batch, batch.shape[0], patterns=False)
-            params = dict(model.named_parameters())
-            report = LPInitReport(radius, margin, solver, exact)
-            new_params: dict[str, torch.Tensor] = {}
-            for name, layer in chosen:
-                layer_report, updates = _initialize_layer(
-                    model,
-                    params,
-                    batch,
-                    name,
-                    layer,
-                    radius=radius,
-                    margin=margin,
-                    solver=solver,
-                    n_jobs=n_jobs,
-                    time_limit_s=time_limit_s,
-                    exact=exact,
-                    progress=progress,
-                )
-                params = {**params, **updates}
-                new_params.update(updates)
-                report.layers.append(layer_report)
-            current = dict(model.named_parameters())
-            for key, value in new_params.items():  # nothing written before this point
-                current[key].copy_(value)
-            zeros_after = count_relu_zeros(model, batch, batch.shape[0], patterns=False)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        run_model(model, batch)  # shape and dtype errors surface here, clearly
+        chosen = _select_layers(model, batch, layers)
+        zeros_before = count_relu_zeros(model, batch, batch.shape[0], patterns=False)
+        params = dict(model.named_parameters())
+        report = LPInitReport(radius, margin, solver, exact)
+        new_params: dict[str, torch.Tensor] = {}
+        for name, layer in chosen:
+            layer_report, updates = _initialize_layer(
+                model,
+                params,
+                batch,
+                name,
+                layer,
+                radius=radius,
+                margin=margin,
+                solver=solver,
+                n_jobs=n_jobs,
+                time_limit_s=time_limit_s,
+                exact=exact,
+                progress=progress,
+            )
+            params = {**params, **updates}
+            new_params.update(updates)
+            report.layers.append(layer_report)
+        current = dict(model.named_parameters())
+        for key, value in new_params.items():  # nothing written before this point
+            current[key].copy_(value)
+        zeros_after = count_relu_zeros(model, batch, batch.shape[0], patterns=False)
     report.network_zeros_before = zeros_before.total_zeros
     report.network_zeros_after = zeros_after.total_zeros
     report.network_elements = zeros_before.total_elements
@@ -311,7 +301,7 @@ def _initialize_layer(model, params, batch, name, layer, *, radius, margin, **so
         iterations=int(solution.iterations.sum()),
         solver_time_s=float(solution.solver_time_s.sum()),
         wall_time_s=solution.wall_time_s,
-        processes=solution.workers,
+        processes=solution.processes,
         max_abs_weight_change=float(np.abs(solution.delta_weight).max(initial=0.0)),
         relative_change=change / scale if scale > 0 else float("nan"),
     )

@@ -25,7 +25,7 @@ from torch import nn
 from lpinit.counting import count_relu_zeros
 from lpinit.data import load_mnist
 from lpinit.initialize import lp_initialize
-from lpinit.lp import SOLVERS, start_helpers
+from lpinit.lp import SOLVERS, start_workers
 from lpinit.models import mlp, seed_mlp
 from lpinit.validation import LPInitError
 
@@ -100,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--jobs",
         type=_positive_int,
         default=None,
-        help="processes for the highs solver: this one and jobs-1 helpers, started while the data "
+        help="processes for the highs solver: this one and jobs-1 worker processes, started while the data "
         "loads (default: one per core)",
     )
     add("--time-limit", type=_non_negative_float, default=None, help="per-unit time limit in seconds")
@@ -127,9 +127,9 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     if args.solver == "highs" and args.jobs != 1:
-        # start the LP's helper processes now: they take ~0.5 s, which the
+        # start the LP's worker processes now: they take ~0.5 s, which the
         # data loading below hides, and the LP then uses them from its start
-        start_helpers(args.jobs)
+        start_workers(args.jobs)
     train_images, _ = load_mnist(train=True)
     test_images, _ = load_mnist(train=False)
     generator = torch.Generator().manual_seed(args.seed)

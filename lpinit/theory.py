@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -178,7 +179,7 @@ def _trace(
     nothing else changed the values (keeps a copy of every activation)."""
     n = x.shape[0]
     steps: list = []
-    state = {"current": x.reshape(n, -1), "last": "the input"}
+    state: dict[str, Any] = {"current": x.reshape(n, -1), "last": "the input"}
 
     def fail(what: str) -> None:
         raise ValueError(

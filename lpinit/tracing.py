@@ -173,5 +173,5 @@ def relu_fed_linears(model: nn.Module, example: torch.Tensor) -> list[tuple[str,
     found: dict[int, tuple[str, nn.Linear]] = {}
     for call in calls:
         if isinstance(call.feeder, nn.Linear):
-            found.setdefault(id(call.feeder), (call.feeder_name, call.feeder))
+            found.setdefault(id(call.feeder), (call.feeder_name or "", call.feeder))
     return list(found.values())

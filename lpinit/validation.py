@@ -1,4 +1,4 @@
-"""Input checks and error types, in one place.
+"""Every input check of lpinit, and its error types, in one place.
 
 Messages follow scikit-learn's habit: say what was expected, what arrived,
 and how to fix it.
@@ -7,7 +7,9 @@ and how to fix it.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:  # torch is imported inside the checks that need it, so that
     import torch  # the LP workers (numpy and HiGHS only) start fast
@@ -117,3 +119,61 @@ def run_model(model: nn.Module, batch: torch.Tensor):
             f"The model could not run on a batch of shape {tuple(batch.shape)} "
             f"(dtype {batch.dtype}): {err}.{hint} Reshape the data to what the model takes."
         ) from err
+
+
+def as_float_array(x: Any, name: str, ndim: int, shape_hint: str) -> np.ndarray:
+    """``x`` as a finite, non-empty float64 array with ``ndim`` dimensions."""
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError, RuntimeError) as err:  # e.g. a CUDA tensor, a ragged list
+        raise TypeError(
+            f"Expected {name} to be a numeric array, got a {type(x).__name__} that numpy cannot "
+            f"read ({err}). Convert it, e.g. tensor.detach().cpu().numpy()."
+        ) from err
+    if array.dtype.kind not in "biuf":
+        raise TypeError(
+            f"Expected {name} to be a real numeric array, got dtype {array.dtype} "
+            f"({type(x).__name__}). Convert it, e.g. tensor.detach().cpu().numpy()."
+        )
+    if array.ndim != ndim or 0 in array.shape:
+        hint = "Reshape it with .reshape(1, -1) for a single sample." if array.ndim == 1 and ndim == 2 else ""
+        raise ValueError(f"Expected {name} of shape {shape_hint}, non-empty, got shape {array.shape}. {hint}")
+    array = array.astype(np.float64)
+    if not np.isfinite(array).all():
+        raise ValueError(
+            f"Expected finite values in {name}, got {int((~np.isfinite(array)).sum())} NaN or inf "
+            "entries. Remove or impute them first."
+        )
+    return array
+
+
+def check_layer_arrays(H: Any, W: Any, b: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A layer's input ``H`` (n, d_in), weights ``W`` (k, d_in) and bias ``b``
+    (k,) as float64 arrays of matching shapes."""
+    H = as_float_array(H, "H", ndim=2, shape_hint="(n_samples, in_features)")
+    W = as_float_array(W, "W", ndim=2, shape_hint="(out_features, in_features)")
+    b = as_float_array(b, "b", ndim=1, shape_hint="(out_features,)")
+    if W.shape[1] != H.shape[1]:
+        raise ValueError(
+            f"Expected W with H's {H.shape[1]} input features (W: (out_features, in_features)), "
+            f"got W of shape {W.shape}. Pass the layer's weight and the input it receives."
+        )
+    if b.shape[0] != W.shape[0]:
+        raise ValueError(
+            f"Expected b with one entry per row of W ({W.shape[0]}), got b of shape {b.shape}. "
+            "Pass the layer's bias (zeros if it has none)."
+        )
+    return H, W, b
+
+
+def check_n_jobs(n_jobs: Any) -> int | None:
+    """Return ``n_jobs`` if it is a positive int or None (one process per core)."""
+    if n_jobs is None:
+        return None
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)):
+        raise TypeError(f"Expected n_jobs to be a positive int or None (all cores), got {n_jobs!r}.")
+    if n_jobs < 1:
+        raise ValueError(
+            f"Expected n_jobs >= 1 or None (all cores), got {n_jobs}. Pass n_jobs=1 to solve in this process."
+        )
+    return int(n_jobs)
