@@ -12,6 +12,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from lpinit.controls import bias_shift_, quantile_bias_
     from lpinit.counting import ReluCount, ReluZeros, SiteZeros, count_relu_zeros
     from lpinit.data import MNIST_MEAN, MNIST_STD, load_mnist
     from lpinit.initialize import LayerReport, LPInitReport, lp_initialize
@@ -24,6 +25,8 @@ _EXPORTS = {
     "lp_initialize": "initialize",
     "LPInitReport": "initialize",
     "LayerReport": "initialize",
+    "quantile_bias_": "controls",
+    "bias_shift_": "controls",
     "start_workers": "lp",
     "stop_workers": "lp",
     "count_relu_zeros": "counting",
@@ -59,6 +62,7 @@ __all__ = [
     "SiteZeros",
     "SolverError",
     "activation_pattern",
+    "bias_shift_",
     "count_relu_zeros",
     "l_gen",
     "linear_map_change",
@@ -67,6 +71,7 @@ __all__ = [
     "lp_initialize",
     "mlp",
     "pattern_change",
+    "quantile_bias_",
     "seed_mlp",
     "start_workers",
     "stop_workers",

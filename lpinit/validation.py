@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # torch is imported inside the checks that need it, so that
     import torch  # the LP workers (numpy and HiGHS only) start fast
     from torch import nn
 
+    from lpinit.lp.problem import Formulation
+
 
 class LPInitError(RuntimeError):
     """Base class for errors raised by lpinit beyond bad arguments."""
@@ -28,11 +30,12 @@ class DataIntegrityError(LPInitError):
     """A bundled data file is missing or does not match its checksum."""
 
 
-def check_data_tensor(data, name: str = "data") -> torch.Tensor:
-    """Return ``data`` if it is a non-empty, finite, floating tensor of samples.
+def check_data_tensor(data, name: str = "data", min_dim: int = 1) -> torch.Tensor:
+    """Return ``data`` if it is a non-empty, finite, floating tensor of samples
+    with at least ``min_dim`` dimensions (samples first), holding values.
 
     Raises TypeError for a non-tensor or a non-floating dtype and ValueError
-    for an empty tensor, a 0-d tensor, or NaN/inf entries.
+    for an empty tensor, too few dimensions, the meta device, or NaN/inf entries.
     """
     import torch
 
@@ -45,6 +48,16 @@ def check_data_tensor(data, name: str = "data") -> torch.Tensor:
         raise TypeError(
             f"Expected {name} to have a floating dtype, got {data.dtype}. "
             f"Convert it with {name}.float() (and normalize it as for training)."
+        )
+    if data.is_meta:
+        raise ValueError(
+            f"Expected {name} with values, got a tensor on the meta device (shape {tuple(data.shape)}). "
+            "Pass real data, e.g. loaded with lpinit.load_mnist()."
+        )
+    if 1 <= data.dim() < min_dim:
+        raise ValueError(
+            f"Expected {name} of shape (n_samples, ...) with at least {min_dim} dimensions, got shape "
+            f"{tuple(data.shape)}. For a single sample, add the sample dimension: {name}.unsqueeze(0)."
         )
     if data.dim() < 1 or data.shape[0] == 0:
         raise ValueError(
@@ -177,3 +190,39 @@ def check_n_jobs(n_jobs: Any) -> int | None:
             f"Expected n_jobs >= 1 or None (all cores), got {n_jobs}. Pass n_jobs=1 to solve in this process."
         )
     return int(n_jobs)
+
+
+def check_lp_options(margin: float, l1: Any, anchor: Any, target_active: Any) -> tuple[float, bool, float | None]:
+    """``(l1, anchor, target_active)`` of the per-unit LP, checked against each other."""
+    l1 = check_non_negative(l1, "l1")
+    if not isinstance(anchor, (bool, np.bool_)):
+        raise TypeError(f"Expected anchor to be True or False, got {anchor!r}.")
+    if target_active is None:
+        return l1, bool(anchor), None
+    q = _as_number(target_active, "target_active", "a number in (0, 1)")
+    if not 0.0 < q < 1.0:
+        raise ValueError(
+            f"Expected target_active in (0, 1) (the fraction of samples on which each unit is active), "
+            f"got {target_active!r}. Pass e.g. target_active=0.8, or None for no activity target."
+        )
+    if l1:
+        raise ValueError(
+            f"target_active sets its own objective (the change, weighted 1, plus the shortfalls); got "
+            f"l1={l1!r} beside it. Drop l1."
+        )
+    if not margin > 0:
+        raise ValueError(
+            f"Expected margin > 0 with target_active (the margin separates active from inactive rows), "
+            f"got {margin!r}. Pass e.g. margin=0.1."
+        )
+    return l1, bool(anchor), q
+
+
+def check_formulation(
+    in_features: int, weight_bound: float, bias_bound: float, margin: float, l1: Any, anchor: Any, target_active: Any
+) -> Formulation:
+    """The per-unit LP's options, checked, as a ``Formulation`` (absolute units)."""
+    from lpinit.lp.problem import Formulation
+
+    l1, anchor, target_active = check_lp_options(margin, l1, anchor, target_active)
+    return Formulation(in_features, weight_bound, bias_bound, margin, l1, anchor, target_active)

@@ -21,8 +21,9 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import highspy
@@ -36,9 +37,11 @@ from lpinit.lp.problem import (
     GAP_TOLERANCE,
     OPTIMAL,
     TIME_LIMIT,
+    Formulation,
     LayerSolution,
     ReducedLP,
     count_short,
+    split_constant,
     status_group,
 )
 from lpinit.validation import SolverError
@@ -320,34 +323,8 @@ def _new_highs(
     if binary:
         integrality[free : free + n] = int(highspy.HighsVarType.kInteger)
 
-    swallow_highs_banner()
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
-    highs.setOptionValue("threads", threads)
+    highs = _pass_model(A, cost, col_lower, col_upper, row_lower, row_upper, threads, integrality)
     highs.setOptionValue("presolve", presolve)
-    # the overload that takes numpy arrays as they are (a HighsLp converts them element by element)
-    status = highs.passModel(
-        A.shape[1],
-        A.shape[0],
-        A.nnz,
-        int(highspy.MatrixFormat.kColwise),
-        int(highspy.ObjSense.kMinimize),
-        0.0,
-        cost,
-        col_lower,
-        col_upper,
-        row_lower,
-        row_upper,
-        A.indptr.astype(np.int32),
-        A.indices.astype(np.int32),
-        A.data,
-        integrality,
-    )
-    if status != highspy.HighsStatus.kOk:
-        raise SolverError(
-            f"HiGHS refused a layer's LP ({A.shape[0]} rows, {A.shape[1]} columns; status {status}). "
-            "Check that the batch and the weights are of a sane scale (e.g. |x| < 1e6)."
-        )
     return highs
 
 
@@ -418,3 +395,355 @@ def _similarity_order(R: np.ndarray) -> np.ndarray:
     centered = R.T - R.T.mean(axis=0)
     _, _, vt = np.linalg.svd(centered, full_matrices=False)
     return np.argsort(centered @ vt[0], kind="stable")
+
+
+# ---------------------------------------------------------------- the general form
+
+
+@dataclass(frozen=True)
+class GeneralLPs:
+    """The LPs of one layer's units in the general form (anchor, ``l1``,
+    activity targets; module docstring of ``lpinit.lp.problem``), as a worker
+    receives them. No dual fixing applies; the shift does. Columns of ``H``
+    that are zero on every sample are left out (their weights cannot matter)."""
+
+    formulation: Formulation
+    used: np.ndarray  # (d_in,) bool: input columns kept
+    S: sp.csr_matrix  # (n, used.sum()): H[:, used] - 1 c^T
+    c: np.ndarray  # (used.sum(),) column shift
+    Z: np.ndarray  # (n, k) pre-activations before the change
+    active: np.ndarray  # (n, k) bool: rows to be active (A_j)
+    hot_start: bool  # start each unit from the previous unit's basis
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells cached HiGHS instances apart
+
+    @classmethod
+    def from_layer(cls, H: np.ndarray, Z: np.ndarray, formulation: Formulation, hot_start: bool) -> GeneralLPs:
+        used = np.asarray((H != 0).any(axis=0))
+        S, c = split_constant(H[:, used])
+        return cls(formulation, used, S, c, Z, formulation.active_rows(Z), hot_start)
+
+
+def solve_general(lps: GeneralLPs, *, n_jobs: int | None, time_limit_s: float | None, tick: Tick) -> LayerSolution:
+    """Solve all units of the general form, in chunks shared by this process
+    and worker processes, as ``solve_highs`` does for the plain LP."""
+    units = lps.Z.shape[1]
+    solution = LayerSolution.empty(units, len(lps.used))
+    most = min(cpu_count() if n_jobs is None else n_jobs, units // MIN_UNITS_PER_PROCESS)
+    parts, workers = parallel.map_chunks(
+        partial(_solve_general_chunk, time_limit_s=time_limit_s),
+        lps,
+        np.arange(units),
+        max(0, most - 1),
+        start="auto" if n_jobs is None else "always",
+        tick=tick,
+        worker_setup=_one_highs_thread,
+    )
+    for chunk, part in parts:
+        solution.put(chunk, part)
+    solution.processes = 1 + workers
+    return solution
+
+
+class _GeneralModel:
+    """A HiGHS instance holding the general LP of a layer, built once, with
+    the layout of its columns and rows.
+
+    Columns: ``d`` (or ``d+, d-`` when the change costs), ``e`` (or ``e+, e-``;
+    none without a bias), ``s+`` (n), ``s-`` (n, activity targets only), ``t``
+    (if shifted). Rows: the n samples ``S_i d + t + e + s+_i - s-_i``, then
+    ``c . d - t = 0`` (if shifted), then the anchor ``mean(S) . d + t + e = 0``.
+    """
+
+    def __init__(self, lps: GeneralLPs, threads: int):
+        f, S, c = lps.formulation, lps.S, lps.c
+        n, p = S.shape
+        self.n, self.p = n, p
+        self.split_d = bool(f.weight_cost() > 0)
+        self.has_e = bool(f.bias_bound > 0)
+        self.split_e = bool(self.has_e and f.bias_cost() > 0)
+        two_sided = f.target_active is not None
+        shifted = bool(c.any())
+        ones = np.ones((n, 1))
+
+        def signed(block: sp.spmatrix | np.ndarray, split: bool) -> list:
+            return [block, -block] if split else [block]
+
+        d_block = signed(S, self.split_d)
+        e_block = signed(ones, self.split_e) if self.has_e else []
+        s_block = [sp.identity(n, format="csr")] + ([-sp.identity(n, format="csr")] if two_sided else [])
+        t_block = [ones] if shifted else []
+        rows: list[list] = [[*d_block, *e_block, *s_block, *t_block]]
+        width = [b.shape[1] for b in rows[0]]
+        if shifted:
+            row = signed(sp.csr_matrix(c), self.split_d) + [None] * (len(e_block) + len(s_block)) + [-np.ones((1, 1))]
+            rows.append(row)
+        if f.anchor:
+            mean_S = np.asarray(S.mean(axis=0)).reshape(1, -1)
+            e_row = signed(np.ones((1, 1)), self.split_e) if self.has_e else []
+            t_entry = [np.ones((1, 1))] if shifted else []
+            rows.append([*signed(mean_S, self.split_d), *e_row, *[None] * len(s_block), *t_entry])
+        A = sp.bmat(rows, format="csc")
+        A.eliminate_zeros()
+
+        inf = highspy.kHighsInf
+        starts = np.cumsum([0, *width])
+        self.d_columns = [slice(starts[0], starts[1])] + ([slice(starts[1], starts[2])] if self.split_d else [])
+        e_first = starts[len(d_block)]
+        self.e_columns = list(range(e_first, e_first + len(e_block)))
+        cost, lower, upper = np.zeros(A.shape[1]), np.zeros(A.shape[1]), np.zeros(A.shape[1])
+        for columns in self.d_columns:
+            cost[columns] = f.weight_cost()
+            lower[columns] = 0.0 if self.split_d else -f.weight_bound
+            upper[columns] = f.weight_bound
+        for column in self.e_columns:
+            cost[column] = f.bias_cost()
+            lower[column] = 0.0 if self.split_e else -f.bias_bound
+            upper[column] = f.bias_bound
+        s_first = starts[len(d_block) + len(e_block)]
+        s_end = s_first + n * len(s_block)
+        cost[s_first:s_end] = f.shortfall_cost()
+        upper[s_first:s_end] = inf
+        if shifted:
+            lower[-1], upper[-1] = -inf, inf
+        self.anchor_row = A.shape[0] - 1 if f.anchor else None
+        row_upper = np.concatenate([np.full(n, inf), np.zeros(A.shape[0] - n)])  # samples: set per unit
+        self.highs = _pass_model(A, cost, lower, upper, np.zeros(A.shape[0]), row_upper, threads)
+        self.rows = np.arange(n, dtype=np.int32)
+        self.dense_H = S.toarray() + c
+        self.columns, self.shifted = A.shape[1], shifted
+        self.s_columns = [slice(s_first + i * n, s_first + (i + 1) * n) for i in range(len(s_block))]
+        # the change variables of the crash start: the weights, then the bias
+        self.hbar = np.r_[self.dense_H.mean(axis=0), [1.0] * self.has_e]
+        self.bound = np.r_[np.full(p, f.weight_bound), [f.bias_bound] * self.has_e]
+        self.cost = np.r_[np.full(p, f.weight_cost()), [f.bias_cost()] * self.has_e]
+        self.split = np.r_[np.full(p, self.split_d), [self.split_e] * self.has_e]
+        self.shortfall_cost = f.shortfall_cost()
+        self.anchor = f.anchor
+        self._margin = f.margin
+        self._basis = highspy.HighsBasis()  # reused: HiGHS copies it
+        self._basis.valid = True
+
+    def crash_basis(self, z: np.ndarray, active: np.ndarray) -> highspy.HighsBasis:
+        """A dual feasible start for one unit, close to its optimum.
+
+        Rows that miss their side of the margin at ``d = 0`` get their slack
+        basic (row multiplier ``y_i = +-C``), the others their logical. Each
+        change variable then sits at the bound its reduced cost asks for,
+        ``sign(g_k + mu hbar_k)`` past ``+-lambda`` with ``g = H^T y``; with the
+        anchor, ``mu`` is the multiplier at which the anchor's row
+        ``hbar . d + e`` crosses 0 (a step function of ``mu``), and the
+        variable at that step is basic in the anchor's row.
+        """
+        C = self.shortfall_cost
+        missed = np.where(active, z < self._margin, z > -self._margin)
+        y = np.where(missed, np.where(active, C, -C), 0.0)
+        g = np.r_[self.dense_H.T @ y, [y.sum()] * self.has_e]
+        mu, basic = self._anchor_multiplier(g) if self.anchor else (0.0, -1)
+        v = g + mu * self.hbar
+        direction = np.where(v > self.cost, 1, np.where(v < -self.cost, -1, 0))
+        direction[~self.split & (direction == 0)] = -1  # unsplit, cost 0: v == 0 exactly; either bound
+
+        col = np.full(self.columns, _LOWER, dtype=np.intp)
+        p = self.p
+        col[self.d_columns[0]] = np.where(direction[:p] > 0, _UPPER, _LOWER)
+        if self.split_d:
+            col[self.d_columns[1]] = np.where(direction[:p] < 0, _UPPER, _LOWER)
+        if self.has_e:
+            col[self.e_columns[0]] = _UPPER if direction[p] > 0 else _LOWER
+            if self.split_e:
+                col[self.e_columns[1]] = _UPPER if direction[p] < 0 else _LOWER
+        if basic >= 0:  # in the anchor's row: the variable at its step (d+ or d- by the side of the step)
+            if basic == p:
+                columns = self.e_columns
+            else:
+                columns = [self.d_columns[0].start + basic]
+                columns += [self.d_columns[1].start + basic] if self.split_d else []
+            col[columns[1] if len(columns) > 1 and v[basic] < 0 else columns[0]] = _BASIC
+        col[self.s_columns[0]] = np.where(missed & active, _BASIC, _LOWER)
+        if len(self.s_columns) > 1:
+            col[self.s_columns[1]] = np.where(missed & ~active, _BASIC, _LOWER)
+        if self.shifted:
+            col[-1] = _BASIC
+
+        row = np.where(missed, np.where(active, _LOWER, _UPPER), _BASIC)
+        extra = [_LOWER] * self.shifted + ([_BASIC if basic < 0 else _LOWER] if self.anchor else [])
+        self._basis.col_status = _STATUSES[col].tolist()
+        self._basis.row_status = _STATUSES[np.r_[row, extra].astype(np.intp)].tolist()
+        return self._basis
+
+    def _anchor_multiplier(self, g: np.ndarray) -> tuple[float, int]:
+        """``mu`` where ``phi(mu) = sum_k hbar_k bound_k direction_k(mu)`` steps
+        across 0, and the change variable of that step (-1: none)."""
+        moves = self.hbar != 0
+        k = np.flatnonzero(moves)
+        hbar, g_k, cost, bound = self.hbar[k], g[k], self.cost[k], self.bound[k]
+        # each variable steps at -(g +- cost) / hbar; a split one steps twice, half as far each time
+        step_size = np.abs(hbar) * bound * np.where(self.split[k], 1.0, 2.0)
+        first = (-np.sign(hbar) * cost - g_k) / hbar
+        second = (np.sign(hbar) * cost - g_k) / hbar
+        at = np.r_[first, second[self.split[k]]]
+        jump = np.r_[step_size, step_size[self.split[k]]]
+        owner = np.r_[k, k[self.split[k]]]
+        order = np.argsort(at, kind="stable")
+        phi = -(np.abs(hbar) * bound).sum() + np.cumsum(jump[order])
+        crossing = int(np.searchsorted(phi, 0.0))
+        if crossing >= len(order):
+            return 0.0, -1
+        return float(at[order[crossing]]), int(owner[order[crossing]])
+
+    def change(self, values: np.ndarray) -> tuple[np.ndarray, float]:
+        """The weights' change ``d`` (of the used columns) and the bias change ``e`` in a HiGHS solution."""
+        d = values[self.d_columns[0]] - (values[self.d_columns[1]] if self.split_d else 0.0)
+        e = values[self.e_columns[0]] - (values[self.e_columns[1]] if self.split_e else 0.0) if self.has_e else 0.0
+        return d, float(e)
+
+
+_LOWER, _BASIC, _UPPER = 0, 1, 2
+_STATUSES = np.array(
+    [highspy.HighsBasisStatus.kLower, highspy.HighsBasisStatus.kBasic, highspy.HighsBasisStatus.kUpper], dtype=object
+)
+"""Basis statuses by code, so that a start is built with integer arrays."""
+
+_general_models = threading.local()
+
+
+def _general_model(lps: GeneralLPs, threads: int) -> _GeneralModel:
+    """This thread's HiGHS instance for ``lps`` (kept for the layer's next chunk)."""
+    key = (lps.token, threads)
+    cached = getattr(_general_models, "last", None)
+    if cached is None or cached[0] != key:
+        cached = _general_models.last = (key, _GeneralModel(lps, threads))
+    return cached[1]
+
+
+def _solve_general_chunk(
+    lps: GeneralLPs, chunk: np.ndarray, *, threads: int, time_limit_s: float | None, tick: Tick | None = None
+) -> LayerSolution:
+    """Solve the general LPs of the units ``chunk`` on this thread's HiGHS
+    instance for the layer, each from the previous unit's basis (``hot_start``)
+    or from the slack basis; check every answer against the duality bound."""
+    f = lps.formulation
+    model = _general_model(lps, threads)
+    highs, n = model.highs, model.n
+    Z, active = lps.Z[:, chunk], lps.active[:, chunk]
+    lower, upper = f.row_bounds(Z, active)
+    lower, upper = np.maximum(lower, -highspy.kHighsInf), np.minimum(upper, highspy.kHighsInf)
+    units = len(chunk)
+    solution = LayerSolution.empty(units, model.p)
+    D, e, Y, mu = np.zeros((units, model.p)), np.zeros(units), np.zeros((n, units)), np.zeros(units)
+    solved = np.zeros(units, dtype=bool)
+
+    def solve(k: int, presolve: str) -> None:
+        began = time.perf_counter()
+        highs.changeRowsBounds(n, model.rows, lower[:, k], upper[:, k])  # type: ignore[attr-defined]
+        if presolve == "on" or not lps.hot_start:
+            highs.clearSolver()
+        if presolve == "off" and not lps.hot_start:
+            highs.setBasis(model.crash_basis(Z[:, k], active[:, k]))
+        highs.setOptionValue("presolve", presolve)
+        status, iterations = _run(highs, time_limit_s)
+        solution.status[k] = status
+        solution.iterations[k] += iterations
+        if status == OPTIMAL:
+            answer = highs.getSolution()
+            values, duals = np.asarray(answer.col_value), np.asarray(answer.row_dual)
+            D[k], e[k] = model.change(values)
+            Y[:, k] = duals[:n]
+            mu[k] = duals[model.anchor_row] if model.anchor_row is not None else 0.0
+            solved[k] = True
+        solution.solver_time_s[k] += time.perf_counter() - began
+
+    for k in range(units):
+        solve(k, "off")
+        if tick is not None:
+            tick(1)
+    unproven = _accept_general(lps, model, Z, active, D, e, Y, mu, np.flatnonzero(solved), solution)
+    for k in unproven:  # HiGHS's "optimum" fails the duality check: solve again from scratch, by another route
+        solution.resolves += 1
+        solve(k, "on")
+        if solution.status[k] == OPTIMAL:
+            _accept_general(lps, model, Z, active, D, e, Y, mu, np.array([k]), solution)
+    highs.setOptionValue("presolve", "off")
+
+    delta_weight = np.zeros((units, len(lps.used)))  # unused input columns: no change
+    delta_weight[:, lps.used] = solution.delta_weight
+    return replace(solution, delta_weight=delta_weight)
+
+
+def _accept_general(
+    lps: GeneralLPs,
+    model: _GeneralModel,
+    Z: np.ndarray,
+    active: np.ndarray,
+    D: np.ndarray,
+    e: np.ndarray,
+    Y: np.ndarray,
+    mu: np.ndarray,
+    units: np.ndarray,
+    solution: LayerSolution,
+) -> np.ndarray:
+    """Accept the answers of ``units`` that the duality bound proves optimal
+    (writing them into ``solution``); mark the others FAILED and return them."""
+    if not len(units):
+        return units
+    f, H = lps.formulation, model.dense_H
+    d = np.clip(D[units], -f.weight_bound, f.weight_bound)
+    e_u = np.clip(e[units], -f.bias_bound, f.bias_bound)
+    if f.anchor and model.has_e:  # restore the equality exactly, where the box allows
+        e_u = np.clip(-(d @ H.mean(axis=0)), -f.bias_bound, f.bias_bound)
+    objective = f.objective(H, Z[:, units], d, e_u, active[:, units])
+    bound = f.dual_bound(H, Z[:, units], active[:, units], Y[:, units], mu[units])
+    at_zero = f.objective(H, Z[:, units], np.zeros_like(d), np.zeros_like(e_u), active[:, units])
+    proven = objective - bound <= GAP_TOLERANCE * (1.0 + at_zero)
+    good = units[proven]
+    solution.delta_weight[good] = d[proven]
+    solution.delta_bias[good] = e_u[proven]
+    solution.objective[good] = objective[proven]
+    solution.status[good] = OPTIMAL
+    solution.status[units[~proven]] = FAILED
+    return units[~proven]
+
+
+def _pass_model(
+    A: sp.csc_matrix,
+    cost: np.ndarray,
+    col_lower: np.ndarray,
+    col_upper: np.ndarray,
+    row_lower: np.ndarray,
+    row_upper: np.ndarray,
+    threads: int,
+    integrality: np.ndarray | None = None,
+) -> highspy.Highs:
+    """A silent HiGHS instance (presolve off) holding ``min cost . x`` s.t.
+    ``row_lower <= A x <= row_upper``, ``col_lower <= x <= col_upper``."""
+    swallow_highs_banner()
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("threads", threads)
+    highs.setOptionValue("presolve", "off")
+    if integrality is None:
+        integrality = np.full(A.shape[1], int(highspy.HighsVarType.kContinuous), dtype=np.int32)
+    # the overload that takes numpy arrays as they are (a HighsLp converts them element by element)
+    status = highs.passModel(
+        A.shape[1],
+        A.shape[0],
+        A.nnz,
+        int(highspy.MatrixFormat.kColwise),
+        int(highspy.ObjSense.kMinimize),
+        0.0,
+        cost,
+        col_lower,
+        col_upper,
+        row_lower,
+        row_upper,
+        A.indptr.astype(np.int32),
+        A.indices.astype(np.int32),
+        A.data,
+        integrality,
+    )
+    if status != highspy.HighsStatus.kOk:
+        raise SolverError(
+            f"HiGHS refused a layer's LP ({A.shape[0]} rows, {A.shape[1]} columns; status {status}). "
+            "Check that the batch and the weights are of a sane scale (e.g. |x| < 1e6)."
+        )
+    return highs

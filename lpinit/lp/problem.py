@@ -1,52 +1,79 @@
-"""The per-unit LP of ``lp_initialize``, its statuses and solution, and the
-reduction that the fast path solves.
+r"""The per-unit LPs of ``lp_initialize``, written out once; their statuses
+and solution; and the reduction that the fast path solves.
 
 The LP
 ------
-For one ``nn.Linear`` layer (weights ``W``: k x d_in, bias ``b``: k) and its
-input ``H`` on a batch (n x d_in), unit j gets the LP
+For one layer (weights ``W``: k x d_in, bias ``b``: k) and its input ``H`` on
+a batch (n x d_in), unit j has pre-activations ``z = H w_j + b_j`` and gets
+a change ``(d, e)`` of its weights and bias from
 
 .. math::
-    \\min_{d, e, s} \\sum_i s_i \\quad \\text{s.t.}\\quad
-    H_i (w_j + d) + b_j + e + s_i \\ge m,\\; s \\ge 0,\\;
-    \\|d\\|_\\infty \\le \\rho_w,\\; |e| \\le \\rho_b
+    \min_{d, e, s \ge 0}\; C \sum_i s_i
+        + \lambda \Big(\sum_k \frac{|d_k|}{\rho_w} + \frac{|e|}{\rho_b}\Big)
+    \quad\text{s.t.}\quad
+    \begin{cases}
+      z_i + H_i d + e + s_i \ge m,  & i \in A_j \text{ (to be active)} \\
+      z_i + H_i d + e - s_i \le -m, & i \in I_j \text{ (to be inactive)}
+    \end{cases}
+    \qquad \|d\|_\infty \le \rho_w,\; |e| \le \rho_b,
+    \qquad [\bar h \cdot d + e = 0]
 
-the LP relaxation of "as few pre-activations below the margin ``m`` as
-possible". With ``r = m - (H w_j + b_j)`` the constraints read
-``H d + e + s >= r``: all units of a layer share the matrix ``[H, 1, I]`` and
-differ only in the row bounds ``r``, and they are independent of each other.
+where ``s_i`` is how far row i misses its side of the margin ``m``. The options
+of ``lp_initialize`` pick the terms:
 
-The optimum is seldom unique: most units can meet every margin inside the
-box, and then any change that does so is optimal. The two solvers may return
-different changes with the same objective.
+- *Plain* (the default): every row is to be active (``A_j`` = all, ``I_j``
+  empty), ``C = 1``, ``lambda = 0``: the LP relaxation of "as few
+  pre-activations below the margin as possible".
+- ``l1=lam``: ``lambda = lam`` (plain rows, ``C = 1``). Among (near-)optimal
+  changes the smallest one wins, measured in units of the box.
+- ``anchor="mean"``: the equality ``hbar . d + e = 0`` with ``hbar`` the batch
+  mean of ``H``: the unit's batch-mean pre-activation cannot move, so fewer
+  zeros can only come from reshaping the distribution of ``z``.
+- ``target_active=q``: ``A_j`` are the ``ceil(q n)`` samples with the largest
+  ``z_i`` (ties: lower index first), ``I_j`` the rest; ``lambda = 1`` and
+  ``C = 2 N / m``, with ``N`` the number of change variables (``d_in``, plus one
+  for a bias). Why that ``C``: any change inside the box costs at most ``N``
+  in the ``lambda`` term, so if some change meets every target with margin
+  ``m``, the optimum has ``C sum_i s_i <= N``, that is ``sum_i s_i <= m / 2``:
+  every row of ``A_j`` stays ``>= m / 2 > 0`` and every row of ``I_j``
+  ``<= -m / 2 < 0``. The targets are met whenever the box allows it, and
+  the smallest change that meets them wins. (It needs ``m > 0``.)
 
-Exact mode solves the mixed-integer program that the LP relaxes: one binary
-``z_i`` per sample, minimize ``sum_i z_i``, the number of pre-activations
-below the margin, subject to ``H_i d + e + M_i z_i >= r_i`` with
-``M_i = max(0, r_i + rho_w |H_i|_1 + rho_b)``, the largest violation the box
-allows. It is exponential in the worst case: meant for layers of a few
-hundred samples and units at most, to measure how far the LP is from the true
-minimum.
+The units of a layer share ``H`` and nothing else, so the layer splits into k
+independent LPs that differ only in their row bounds (``m - z`` or
+``-m - z``). The optimum is seldom unique; the solvers may return different
+changes with the same objective.
 
-The reduction
--------------
-The fast path (``lpinit.lp.highs``) solves a smaller LP with the same optimum:
+Exact mode (plain LP only) solves the mixed-integer program that the LP
+relaxes: one binary ``u_i`` per sample, minimize ``sum_i u_i``, the number of
+pre-activations below the margin, subject to ``H_i d + e + M_i u_i >= r_i``
+with ``r = m - z`` and ``M_i = max(0, r_i + rho_w |H_i|_1 + rho_b)``, the
+largest violation the box allows. It is exponential in the worst case: meant
+for layers of a few hundred samples and units at most, to measure how far the
+LP is from the true minimum.
+
+The reduction of the plain LP
+-----------------------------
+The fast path (``lpinit.lp.highs``) solves the plain LP in a smaller form with
+the same optimum:
 
 1. *Dual fixing.* Raising ``e``, or a weight whose input column is >= 0 on
-   every sample, never lowers a pre-activation, so some optimum has it at its
-   upper bound (a column <= 0: lower bound; a column of zeros: no change).
-   Only weights of mixed-sign columns stay in the LP. After a ReLU every
-   column is >= 0, so hidden layers get the closed form ``d = rho_w,
-   e = rho_b`` and no LP at all. (Raising a pre-activation never adds to the
-   count either, so the same fixing holds in exact mode.)
-2. *Shift.* The rest of ``H`` is written ``S + 1 c^T``, ``c`` the most common
+   every sample, never lowers a pre-activation and costs nothing, so some
+   optimum has it at its upper bound (a column <= 0: lower bound; a column
+   of zeros: no change). Only weights of mixed-sign columns stay in the LP.
+   After a ReLU every column is >= 0, so hidden layers get the closed form
+   ``d = rho_w, e = rho_b`` and no LP at all: the plain LP is then a uniform
+   shift, which is why the other options exist. (Raising a pre-activation
+   never adds to the count either, so the same fixing holds in exact mode.)
+2. *Shift* (all forms). ``H`` is written ``S + 1 c^T``, ``c`` the most common
    value of each column: normalized MNIST is dense only because its
-   background pixels all equal -0.4242. One free variable ``t = c . d`` turns
-   row i into ``S_i d + t + s_i >= r_i``, with far fewer nonzeros.
+   background pixels all equal -0.4242. One free variable ``t = c . d``
+   turns row i into ``S_i d + t + ...``, with far fewer nonzeros.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -237,3 +264,103 @@ def sparse_rows(X: np.ndarray) -> sp.csr_matrix:
     nonzero = X != 0
     indptr = np.concatenate([[0], np.cumsum(nonzero.sum(axis=1))])
     return sp.csr_matrix((X[nonzero], np.nonzero(nonzero)[1], indptr), shape=X.shape)
+
+
+@dataclass(frozen=True)
+class Formulation:
+    """How every unit's LP of a layer is posed (see the module docstring), in
+    absolute units: bounds, margin and ``l1`` in the layer's own scale."""
+
+    in_features: int  # d_in
+    weight_bound: float  # rho_w
+    bias_bound: float  # rho_b (0 for a layer without bias)
+    margin: float  # m
+    l1: float = 0.0  # lambda of the plain LP
+    anchor: bool = False
+    target_active: float | None = None  # q
+
+    @property
+    def plain(self) -> bool:
+        """The plain LP, which dual fixing reduces (module docstring)."""
+        return not self.anchor and self.l1 == 0.0 and self.target_active is None
+
+    @property
+    def change_cost(self) -> float:
+        """``lambda``: the weight of the change in the objective."""
+        return 1.0 if self.target_active is not None else self.l1
+
+    def weight_cost(self) -> float:
+        """Objective per unit of ``|d_k|`` (0 where the box fixes ``d`` at 0)."""
+        return self.change_cost / self.weight_bound if self.weight_bound > 0 else 0.0
+
+    def bias_cost(self) -> float:
+        """Objective per unit of ``|e|`` (0 where the box fixes ``e`` at 0)."""
+        return self.change_cost / self.bias_bound if self.bias_bound > 0 else 0.0
+
+    def shortfall_cost(self) -> float:
+        """``C``: 1, or ``2 N / m`` with activity targets (module docstring)."""
+        if self.target_active is None:
+            return 1.0
+        changeable = self.in_features * (self.weight_bound > 0) + (self.bias_bound > 0)
+        return 2.0 * max(changeable, 1) / self.margin
+
+    def active_rows(self, Z: np.ndarray) -> np.ndarray:
+        """``A_j`` for every unit: (n, k) bool, True where row i of unit j is to
+        be active. Plain rows: all True; targets: the ``ceil(q n)`` largest
+        pre-activations of each column."""
+        if self.target_active is None:
+            return np.ones(Z.shape, dtype=bool)
+        return top_rows(Z, self.target_active)
+
+    def row_bounds(self, Z: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds on ``H_i d + e + s_i^+ - s_i^-`` per row and
+        unit: ``[m - z, inf)`` on active rows, ``(-inf, -m - z]`` on the others."""
+        lower = np.where(active, self.margin - Z, -np.inf)
+        upper = np.where(active, np.inf, -self.margin - Z)
+        return lower, upper
+
+    def objective(self, H: np.ndarray, Z: np.ndarray, D: np.ndarray, e: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """Each unit's objective at the changes ``D`` (k, d_in) and ``e`` (k,),
+        computed from scratch: an oracle for any solver's answer."""
+        Z_new = Z + H @ D.T + e
+        shortfall = np.where(active, self.margin - Z_new, Z_new + self.margin)
+        total = self.shortfall_cost() * np.maximum(shortfall, 0.0).sum(axis=0)
+        return total + self.weight_cost() * np.abs(D).sum(axis=1) + self.bias_cost() * np.abs(e)
+
+    def dual_bound(
+        self,
+        H: np.ndarray,
+        Z: np.ndarray,
+        active: np.ndarray,
+        Y: np.ndarray,
+        mu: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """A lower bound on each unit's optimum from any row multipliers ``Y``
+        (n, k) and anchor multipliers ``mu`` (k,): the Lagrangian dual function
+
+        ``g = sum_A y_i (m - z_i) + sum_I y_i (-m - z_i)
+        - rho_w sum_k max(0, |(H^T y + mu hbar)_k| - lambda / rho_w)
+        - rho_b max(0, |sum_i y_i + mu| - lambda / rho_b)``,
+
+        with ``y`` clipped into ``[0, C]`` on active rows and ``[-C, 0]`` on the
+        others (where the slacks keep the dual bounded)."""
+        C = self.shortfall_cost()
+        Y = np.where(active, np.clip(Y, 0.0, C), np.clip(Y, -C, 0.0))
+        mu = np.zeros(Y.shape[1]) if mu is None or not self.anchor else mu
+        side = np.where(active, self.margin - Z, -self.margin - Z)  # each row's finite bound
+        value = (Y * side).sum(axis=0)
+        gradient = H.T @ Y + np.outer(H.mean(axis=0), mu)  # (d_in, k)
+        value -= self.weight_bound * np.maximum(np.abs(gradient) - self.weight_cost(), 0.0).sum(axis=0)
+        value -= self.bias_bound * np.maximum(np.abs(Y.sum(axis=0) + mu) - self.bias_cost(), 0.0)
+        return value
+
+
+def top_rows(Z: np.ndarray, q: float) -> np.ndarray:
+    """(n, k) bool: the ``ceil(q n)`` largest entries of each column of ``Z``
+    (ties: the lower row index first)."""
+    n = Z.shape[0]
+    count = math.ceil(q * n - 1e-9)  # q n is often an integer in floating point error
+    order = np.argsort(-Z, axis=0, kind="stable")
+    active = np.zeros(Z.shape, dtype=bool)
+    np.put_along_axis(active, order[:count], True, axis=0)
+    return active

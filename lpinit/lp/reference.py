@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from lpinit.lp.problem import FAILED, OPTIMAL, LayerSolution, count_short, status_group
+from lpinit.lp.problem import FAILED, OPTIMAL, Formulation, LayerSolution, count_short, status_group
 
 CVXPY_STATUS_GROUPS = {
     "optimal": OPTIMAL,  # cp.OPTIMAL
@@ -73,5 +73,58 @@ def solve_cvxpy(
             shortfall = R[:, j] - H @ d_j - e_j
             solution.delta_weight[j], solution.delta_bias[j] = d_j, e_j
             solution.objective[j] = count_short(shortfall, R[:, j]) if exact else np.maximum(shortfall, 0.0).sum()
+        tick(1)
+    return solution
+
+
+def solve_cvxpy_general(
+    H: np.ndarray,
+    Z: np.ndarray,
+    formulation: Formulation,
+    *,
+    time_limit_s: float | None,
+    tick: Callable[[int], object],
+) -> LayerSolution:
+    """Solve every unit of the general form as the module docstring of
+    ``lpinit.lp.problem`` writes it: ``sigma_i (z_i + H_i d + e) + s_i >= m``
+    with ``sigma_i = +1`` on rows to be active and ``-1`` on the others."""
+    import cvxpy as cp
+
+    from lpinit.lp.highs import swallow_highs_banner
+
+    swallow_highs_banner()
+    f = formulation
+    n, d_in = H.shape
+    sigma = cp.Parameter(n)
+    rhs = cp.Parameter(n)  # m - sigma * z
+    d, e, s = cp.Variable(d_in), cp.Variable(), cp.Variable(n, nonneg=True)
+    constraints = [cp.multiply(sigma, H @ d + e) + s >= rhs, cp.abs(d) <= f.weight_bound, cp.abs(e) <= f.bias_bound]
+    if f.anchor:
+        constraints.append(H.mean(axis=0) @ d + e == 0)
+    change = f.weight_cost() * cp.norm1(d) + f.bias_cost() * cp.abs(e)
+    problem = cp.Problem(cp.Minimize(f.shortfall_cost() * cp.sum(s) + change), constraints)
+    options = {} if time_limit_s is None else {"time_limit": time_limit_s}
+    active = f.active_rows(Z)
+
+    solution = LayerSolution.empty(Z.shape[1], d_in)
+    for j in range(Z.shape[1]):
+        sigma.value = np.where(active[:, j], 1.0, -1.0)
+        rhs.value = f.margin - sigma.value * Z[:, j]
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+                problem.solve(solver=cp.HIGHS, **options)
+            status = status_group(problem.status, CVXPY_STATUS_GROUPS)
+        except cp.SolverError:
+            status = FAILED
+        solution.status[j] = status
+        stats = problem.solver_stats
+        solution.solver_time_s[j] = (stats.solve_time or 0.0) if stats else 0.0
+        solution.iterations[j] = max(0, stats.num_iters or 0) if stats else 0
+        if status == OPTIMAL:
+            d_j = np.clip(np.asarray(d.value), -f.weight_bound, f.weight_bound)
+            e_j = float(np.clip(np.asarray(e.value), -f.bias_bound, f.bias_bound))
+            solution.delta_weight[j], solution.delta_bias[j] = d_j, e_j
+            solution.objective[j] = f.objective(H, Z[:, [j]], d_j[None, :], np.array([e_j]), active[:, [j]])[0]
         tick(1)
     return solution
