@@ -24,7 +24,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import glob
 import importlib
 import os
 import pickle
@@ -168,6 +170,7 @@ def _worker_pool(workers: int) -> Any:
 
 
 def _import(modules: tuple[str, ...]) -> None:
+    _watch_parent()
     for module in modules:
         importlib.import_module(module)
 
@@ -257,12 +260,45 @@ def _with_workers(
     return parts
 
 
+def shared_folder() -> str:
+    """Where the data of a call is shared with the workers: RAM, where Linux has it."""
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+PARENT_POLL_S = 0.5
+"""How often a worker checks that the process that started it is alive."""
+
+_watching = False
+
+
+def _watch_parent() -> None:
+    """In a worker: once the process that started it dies (killed, so that it
+    could neither stop its pool nor remove its files), remove that process's
+    shared files and exit, instead of waiting for work that never comes."""
+    global _watching
+    if _watching:
+        return
+    _watching = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        for path in glob.glob(os.path.join(shared_folder(), f"lpinit-{parent}-*.pkl")):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="lpinit-watch-parent", daemon=True).start()
+
+
 @contextmanager
 def _shared_file(data: Any) -> Iterator[str]:
     """A temporary file holding ``data``, removed on exit. Its name is unique
     (a UUID): workers tell calls apart by it."""
-    folder = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None  # RAM, where Linux has it
-    descriptor, path = tempfile.mkstemp(prefix=f"lpinit-{uuid.uuid4().hex}-", suffix=".pkl", dir=folder)
+    # the parent's pid in the name: workers remove its files if it dies (_watch_parent)
+    prefix = f"lpinit-{os.getpid()}-{uuid.uuid4().hex}-"
+    descriptor, path = tempfile.mkstemp(prefix=prefix, suffix=".pkl", dir=shared_folder())
     try:
         with os.fdopen(descriptor, "wb") as f:
             pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
@@ -278,6 +314,7 @@ def _in_worker(path: str, solve_chunk: SolveChunk, units: np.ndarray, worker_set
     """``solve_chunk(data, units, threads=1)`` in a worker, ``data`` read from
     ``path`` on the worker's first chunk of this call."""
     global _loaded
+    _watch_parent()
     if _loaded[0] != path:
         with open(path, "rb") as f:
             _loaded = (path, pickle.load(f))

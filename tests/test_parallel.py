@@ -134,3 +134,52 @@ def test_stopped_workers_are_not_counted_as_running():
     parallel.start_pool(1)
     parallel.stop_pool()
     assert parallel.running_workers() == 0
+
+
+KILLED_PARENT = """
+import sys, time
+import numpy as np
+from lpinit import parallel
+
+def slow(data, units, *, threads, tick=None):
+    time.sleep(0.2)
+    return units
+
+if __name__ == "__main__":
+    parallel.start_pool(2)
+    time.sleep(2)  # let the workers come up
+    print(" ".join(map(str, parallel._pool["executor"]._processes)), flush=True)
+    parallel.map_chunks(slow, np.zeros(10), np.arange(2000), 2, start="always")
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\\nState:\\tZ" not in f.read()  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_workers_exit_and_leave_no_file_when_the_parent_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(KILLED_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    workers = [int(pid) for pid in parent.stdout.readline().split()]
+    assert len(workers) == 2
+    time.sleep(1.5)  # mid-run: chunks at the workers, the shared file in place
+    files = glob.glob(os.path.join(parallel.shared_folder(), f"lpinit-{parent.pid}-*.pkl"))
+    assert files
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5 * parallel.PARENT_POLL_S + 5
+    while time.monotonic() < deadline and (any(map(_alive, workers)) or any(map(os.path.exists, files))):
+        time.sleep(0.2)
+    assert not any(map(_alive, workers))
+    assert not any(map(os.path.exists, files))
