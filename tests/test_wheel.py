@@ -47,7 +47,6 @@ def test_wheel_holds_lpinit_and_the_bundled_mnist_and_nothing_else(wheel):
     assert bundled == {f"lpinit/mnist/{name}" for name in expected}
 
 
-@pytest.mark.slow
 def test_installed_wheel_runs_the_cli_outside_the_clone(wheel, tmp_path):
     # Reproduces: in an installed lpinit, `python -m lpinit.optimize` found no
     # MNIST (it looked for data/ beside the package), and `experiments` was
@@ -55,11 +54,12 @@ def test_installed_wheel_runs_the_cli_outside_the_clone(wheel, tmp_path):
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)])
+    site_packages = next((env_dir / "lib").glob("python*/site-packages"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    _run([*pip, "install", "--no-deps", "--no-index", "--target", str(site_packages), str(wheel)])
     # torch and the other dependencies come from this interpreter's
     # site-packages (installing them again would take minutes); lpinit does not,
     # since the new environment's own site-packages come first.
-    site_packages = next((env_dir / "lib").glob("python*/site-packages"))
     ours = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
     (site_packages / "dependencies.pth").write_text("\n".join(ours) + "\n")
     elsewhere = tmp_path / "elsewhere"
