@@ -325,6 +325,9 @@ def _initialize(args: argparse.Namespace, model: nn.Module, processes: int):
     except (DataIntegrityError, OSError) as err:
         _say(f"error: {err}")
         return 2
+    if args.batch_size > train_images.shape[0]:
+        _say(f"error: --batch-size {args.batch_size} is more than the {train_images.shape[0]:,} MNIST training images")
+        return 2
     generator = torch.Generator().manual_seed(args.seed)
     batch = train_images[torch.randperm(train_images.shape[0], generator=generator)[: args.batch_size]]
 

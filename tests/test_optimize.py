@@ -193,6 +193,14 @@ def test_a_repaired_cache_file_is_one_warning_line(tmp_path, monkeypatch, capsys
     assert err.startswith(f"{PROG}: warning: The cached MNIST file ") and "t10k-labels-idx1-ubyte was corrupt" in err
 
 
+def test_a_batch_larger_than_mnist_exits_2(tmp_path, capsys):
+    # Reproduces: --batch-size 100000 ran on the 60,000 images there are, and
+    # recorded batch_size 100000 in report.json.
+    assert main([*SMALL[:2], "--batch-size", "60001", "--out", str(tmp_path / "out")]) == 2
+    err = _one_line(capsys.readouterr().err)
+    assert "--batch-size 60001 is more than the 60,000 MNIST training images" in err
+
+
 def test_library_hints_name_the_cli_flags(tmp_path, monkeypatch, capsys):
     def rejects_radius(*args, **kwargs):
         check_non_negative(-1.0, "radius")  # the library's own message
