@@ -41,6 +41,10 @@ def test_wheel_holds_lpinit_and_the_bundled_mnist_and_nothing_else(wheel):
     assert top_level == {"lpinit"}  # no `experiments` package
     # every module of the clone, subpackages included (pyproject.toml lists them)
     modules = {str(p.relative_to(REPO)) for p in (REPO / "lpinit").rglob("*.py") if "__pycache__" not in p.parts}
+    missing = modules - set(names)
+    assert not missing, (
+        f"not in the wheel: {sorted(missing)}; list their packages in pyproject.toml's [tool.setuptools]"
+    )
     assert {name for name in names if name.endswith(".py")} == modules
     bundled = {name for name in names if name.startswith("lpinit/mnist/")}
     expected = {"SHA256SUMS", "SHA256SUMS.raw"} | {f.name for f in (REPO / "data" / "mnist").glob("*.gz")}
