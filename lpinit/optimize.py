@@ -33,6 +33,10 @@ PROG = "python -m lpinit.optimize"
 FLAGS = {
     "radius": "--radius",
     "margin": "--margin",
+    "rescale": "--rescale",
+    "anchor": "--anchor",
+    "l1": "--l1",
+    "target_active": "--target-active",
     "solver": "--solver",
     "n_jobs": "--jobs",
     "time_limit_s": "--time-limit",
@@ -50,6 +54,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _open_unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
     return value
 
 
@@ -129,6 +140,8 @@ def _call_factory(spec: str, factory) -> nn.Module:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lpinit.initialize import ANCHORS
+    from lpinit.layerwise import RESCALE_MODES
     from lpinit.lp import SOLVERS
 
     parser = _OneLineParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0])
@@ -148,6 +161,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="target pre-activation relative to its spread (default 0.1)",
     )
+    add(
+        "--rescale",
+        choices=RESCALE_MODES,
+        default=None,
+        help="after each layer's LP, scale each unit (or the layer) so that the pre-activations keep their "
+        "RMS on the batch (default: no rescaling)",
+    )
+    add("--anchor", choices=ANCHORS, default=None, help="mean: each unit's batch-mean pre-activation may not move")
+    add(
+        "--l1",
+        type=_non_negative_float,
+        default=0.0,
+        help="weight of the change (in box units) in the LP's objective, relative to the pre-activation "
+        "spread; among equally good changes the smallest wins (default 0)",
+    )
+    add(
+        "--target-active",
+        type=_open_unit_interval,
+        default=None,
+        help="q in (0, 1): make each unit active on its ceil(q n) samples of largest pre-activation and "
+        "inactive on the others, with the smallest change (default: no activity target)",
+    )
     add("--solver", choices=SOLVERS, default="highs", help="highs (fast, default) or cvxpy (reference)")
     add(
         "--jobs",
@@ -166,7 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    """The flags, with the LP's options also checked against each other, so that
+    a bad combination exits 2 before any data is loaded."""
+    from lpinit.validation import check_lp_options
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_lp_options(args.margin, args.l1, args.anchor is not None, args.target_active)
+    except ValueError as err:
+        parser.error(cli_message(str(err)))
+    if args.exact and (args.l1 or args.anchor or args.target_active is not None):
+        parser.error("--exact solves the plain LP's mixed-integer form only; drop --l1, --anchor and --target-active")
+    return args
 
 
 def cli_message(message: str) -> str:
@@ -180,7 +227,7 @@ def cli_message(message: str) -> str:
         message,
     )
     message = re.sub(rf"\b([Ee]xpected) ({names})\b", lambda m: f"{m[1]} {FLAGS[m[2]]}", message)
-    return re.sub(r"\b(n_jobs|time_limit_s)\b", lambda m: FLAGS[m[1]], message)
+    return re.sub(r"\b(n_jobs|time_limit_s|target_active)\b", lambda m: FLAGS[m[1]], message)
 
 
 def _say(line: str) -> None:
@@ -338,6 +385,10 @@ def _initialize(args: argparse.Namespace, model: nn.Module, processes: int):
             batch,
             radius=args.radius,
             margin=args.margin,
+            rescale=args.rescale,
+            anchor=args.anchor,
+            l1=args.l1,
+            target_active=args.target_active,
             solver=args.solver,
             n_jobs=args.jobs,
             time_limit_s=args.time_limit,

@@ -61,6 +61,12 @@ def test_runs_and_saves_model_and_report(tmp_path, capsys):
         (["--solver", "gurobi"], "invalid choice: 'gurobi'"),
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--out", ""], "--out: expected a folder name, got ''"),  # once wrote into the current folder
+        (["--target-active", "1"], "--target-active: expected a number in (0, 1)"),
+        (["--l1", "nan"], "--l1: expected a finite number >= 0"),
+        (["--rescale", "row"], "invalid choice: 'row'"),
+        (["--anchor", "median"], "invalid choice: 'median'"),
+        (["--target-active", "0.5", "--margin", "0"], "--margin > 0 with --target-active"),
+        (["--target-active", "0.5", "--exact"], "--exact solves the plain LP"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
@@ -471,11 +477,46 @@ def check_json(calls, tmp_path, capsys):
     assert printed == json.loads((tmp_path / "report.json").read_text())
 
 
+def check_rescale(calls, tmp_path, capsys):
+    plain, *_ = _run(calls, tmp_path, "--target-active", "0.9", "--radius", "1", out="a")
+    rescaled, _, kwargs, _ = _run(
+        calls, tmp_path, "--target-active", "0.9", "--radius", "1", "--rescale", "unit", out="b"
+    )
+    assert kwargs["rescale"] == "unit" and rescaled["report"]["rescale"] == "unit"
+    before, after = plain["report"]["layers"][0], rescaled["report"]["layers"][0]
+    assert after["preact_rms_after"] == pytest.approx(after["preact_rms_before"], rel=1e-5)
+    assert before["preact_rms_after"] != pytest.approx(before["preact_rms_before"], rel=1e-3)
+    assert after["zeros_after"] == before["zeros_after"]  # a positive scale keeps every sign
+
+
+def check_anchor(calls, tmp_path, capsys):
+    result, _, kwargs, solves = _run(calls, tmp_path, "--anchor", "mean")
+    assert kwargs["anchor"] == "mean" and solves[0]["anchor"] is True
+    layer = result["report"]["layers"][0]
+    assert layer["preact_mean_lp"] == pytest.approx(layer["preact_mean_before"], abs=1e-6)
+
+
+def check_l1(calls, tmp_path, capsys):
+    result, _, kwargs, solves = _run(calls, tmp_path, "--l1", "0.01")
+    assert kwargs["l1"] == 0.01 and solves[0]["l1"] > 0 and result["report"]["layers"][0]["l1"] > 0
+
+
+def check_target_active(calls, tmp_path, capsys):
+    result, _, kwargs, solves = _run(calls, tmp_path, "--target-active", "0.75", "--radius", "2")
+    assert kwargs["target_active"] == 0.75 and solves[0]["target_active"] == 0.75
+    layer = result["report"]["layers"][0]
+    assert layer["met_target"] == 16 and layer["zeros_after"] == 16 * 8  # 24 of 32 samples active per unit
+
+
 BEHAVIOUR = {
     "--model": check_model,
     "--batch-size": check_batch_size,
     "--radius": check_radius,
     "--margin": check_margin,
+    "--rescale": check_rescale,
+    "--anchor": check_anchor,
+    "--l1": check_l1,
+    "--target-active": check_target_active,
     "--solver": check_solver,
     "--jobs": check_jobs,
     "--time-limit": check_time_limit,
