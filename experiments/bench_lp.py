@@ -20,14 +20,20 @@ fraction of a second per unit, so they are timed on the first
 layer's units (for (ii) this spreads its one-time compile over all units: a
 slight overestimate).
 
-Goals on 2 cores: (iii) >= 20x faster than (i), under 10 s for the whole MLP,
->= 90% of its wall time inside HiGHS. The share inside HiGHS is the sum over
+``--variant`` picks the LP (``lpinit.lp.problem``): ``plain`` (the default),
+``anchored`` (``anchor=True``) or ``target`` (``target_active=--target``). The
+last two have no closed form on hidden layers: every unit goes through HiGHS.
+
+Goals on 2 cores: plain: (iii) >= 20x faster than (i), under 10 s for the
+whole MLP, >= 90% of its wall time inside HiGHS; anchored and target: >= 50x,
+under 15 s, >= 85%. The share inside HiGHS is the sum over
 units of the time spent in the unit's HiGHS calls (setting its bounds and
 start, solving, reading the answer), divided by the sum over layers of
 (wall time x processes used).
 
     python -m experiments.bench_lp [--jobs 2] [--repeats 5] [--reference-units 10] [--warm-start-too]
     python -m experiments.bench_lp --skip-reference --batch-sizes 128,256,512,1024,2048
+    python -m experiments.bench_lp --variant anchored     # or --variant target [--target 0.8]
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from torch import nn
 
 from lpinit import load_mnist, seed_mlp
 from lpinit.lp import solve_layer, stop_workers
-from lpinit.lp.problem import ReducedLP
+from lpinit.lp.problem import Formulation, ReducedLP
 
 
 def layer_inputs(model: nn.Module, images: torch.Tensor) -> list[tuple]:
@@ -71,14 +77,30 @@ def benchmark_bounds(H, W, b) -> dict[str, float]:
     return dict(weight_bound=0.1 / math.sqrt(H.shape[1]), bias_bound=0.1 * spread, margin=0.1 * spread)
 
 
-def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin) -> tuple[float, np.ndarray]:
-    """(i): a new cvxpy problem for every unit. Returns seconds and objectives."""
+def variant_options(variant: str, target: float) -> dict:
+    """``solve_layer``'s options for a ``--variant``."""
+    return {"plain": {}, "anchored": {"anchor": True}, "target": {"target_active": target}}[variant]
+
+
+def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[float, np.ndarray]:
+    """(i): a new cvxpy problem for every unit, the LP as ``lpinit.lp.problem``
+    writes it. Returns seconds and objectives."""
     start = time.perf_counter()
+    f = Formulation(
+        H.shape[1], weight_bound, bias_bound, margin, 0.0, options.get("anchor", False), options.get("target_active")
+    )
+    Z = H @ W.T + b
+    active = f.active_rows(Z)
     objectives = []
-    for w, bias in zip(W, b, strict=True):
+    for j in range(W.shape[0]):
         d, e, s = cp.Variable(H.shape[1]), cp.Variable(), cp.Variable(H.shape[0], nonneg=True)
-        box = [cp.abs(d) <= weight_bound, cp.abs(e) <= bias_bound]
-        problem = cp.Problem(cp.Minimize(cp.sum(s)), [H @ (w + d) + bias + e + s >= margin, *box])
+        sigma = np.where(active[:, j], 1.0, -1.0)
+        constraints = [cp.multiply(sigma, Z[:, j] + H @ d + e) + s >= margin]
+        constraints += [cp.abs(d) <= weight_bound, cp.abs(e) <= bias_bound]
+        if f.anchor:
+            constraints.append(H.mean(axis=0) @ d + e == 0)
+        change = f.weight_cost() * cp.norm1(d) + f.bias_cost() * cp.abs(e)
+        problem = cp.Problem(cp.Minimize(f.shortfall_cost() * cp.sum(s) + change), constraints)
         problem.solve(solver=cp.HIGHS)
         objectives.append(problem.value if problem.status == cp.OPTIMAL else np.nan)
     return time.perf_counter() - start, np.array(objectives)
@@ -98,25 +120,29 @@ def summarize(results) -> dict[str, float]:
     return dict(wall_s=wall, highs_s=inside, share=inside / capacity, processes=max(s.processes for _, s in results))
 
 
-def median_run(layers, jobs, repeats) -> tuple[list, dict]:
+def median_run(layers, jobs, repeats, **options) -> tuple[list, dict]:
     """The fast path ``repeats`` times: the run of median share, and the
     range of the shares."""
-    runs = sorted((fast_path(layers, jobs) for _ in range(repeats)), key=lambda r: summarize(r)["share"])
+    runs = sorted((fast_path(layers, jobs, **options) for _ in range(repeats)), key=lambda r: summarize(r)["share"])
     shares = [summarize(r)["share"] for r in runs]
     return runs[len(runs) // 2], dict(share_min=shares[0], share_max=shares[-1], repeats=repeats)
 
 
-def print_layers(layers, results) -> None:
-    """What the reductions left of each layer's LPs, and how the units went."""
+def print_layers(layers, results, reduced: bool = True) -> None:
+    """What the reductions left of each layer's LPs (plain LP), and how the units went."""
     for (name, H, W, b), (_, s) in zip(layers, results, strict=True):
-        layer = ReducedLP.from_input(H, benchmark_bounds(H, W, b)["weight_bound"], 0.0)
         no_run = int(((s.iterations == 0) & (s.solver_time_s == 0)).sum())
         counts = ", ".join(f"{k} {v}" for k, v in s.status_counts().items())
+        kept = ""
+        if reduced:
+            layer = ReducedLP.from_input(H, benchmark_bounds(H, W, b)["weight_bound"], 0.0)
+            nonzeros = np.count_nonzero(H[:, layer.free])
+            kept = f"the LP keeps {layer.free.sum()} of {H.shape[1]} weights and {layer.S.nnz} of their "
+            kept += f"{nonzeros} nonzeros; "
         print(
-            f"    {name}: {len(s.status)} units; the LP keeps {layer.free.sum()} of {H.shape[1]} weights "
-            f"and {layer.S.nnz} of their {np.count_nonzero(H[:, layer.free])} nonzeros; "
-            f"{no_run} units need no HiGHS run; {s.iterations.mean():.1f} iterations/unit; "
-            f"processes {s.processes}, {s.wall_time_s:.2f} s; re-solved {s.resolves}; {counts}"
+            f"    {name}: {len(s.status)} units; {kept}{no_run} units need no HiGHS run; "
+            f"{s.iterations.mean():.1f} iterations/unit; processes {s.processes}, {s.wall_time_s:.2f} s; "
+            f"re-solved {s.resolves}; {counts}"
         )
 
 
@@ -136,7 +162,8 @@ def main() -> None:
     parser.add_argument(
         "--warm-start-too",
         action="store_true",
-        help="also time the fast path with warm_start=True, in one process (~12 s)",
+        help="also time the fast path, in one process, with the start it does not use by default "
+        "(the previous unit's basis, or the crash start)",
     )
     parser.add_argument(
         "--batch-sizes",
@@ -144,8 +171,11 @@ def main() -> None:
         default="",
         help="comma-separated batch sizes to time the fast path on, e.g. 128,256,512",
     )
+    parser.add_argument("--variant", choices=("plain", "anchored", "target"), default="plain", help="the LP to time")
+    parser.add_argument("--target", type=float, default=0.8, help="target_active of --variant target")
     parser.add_argument("--json", type=str, default="", help="also write the settings and figures to this file")
     args = parser.parse_args()
+    options = variant_options(args.variant, args.target)
     jobs = args.jobs or cpu_count()
 
     torch.manual_seed(args.seed)
@@ -166,13 +196,15 @@ def main() -> None:
     first_label = f"n_jobs={jobs}, workers starting"
     again_label = f"n_jobs={jobs}, workers up (median of {args.repeats})"
     stop_workers()
-    runs = {default_label: fast_path(layers, None)}
+    runs = {default_label: fast_path(layers, None, **options)}
     stop_workers()
-    runs[first_label] = fast_path(layers, jobs)
-    runs[again_label], spread = median_run(layers, jobs, args.repeats)
-    runs["one process (n_jobs=1)"] = fast_path(layers, 1)
+    runs[first_label] = fast_path(layers, jobs, **options)
+    runs[again_label], spread = median_run(layers, jobs, args.repeats, **options)
+    runs["one process (n_jobs=1)"] = fast_path(layers, 1, **options)
     if args.warm_start_too:
-        runs["one process, warm starts"] = fast_path(layers, 1, warm_start=True)
+        # the start lpinit does not use by default for this variant (solve_layer's warm_start=None)
+        default_is_warm = "target_active" in options and not options.get("anchor")
+        runs["one process, the other start"] = fast_path(layers, 1, warm_start=not default_is_warm, **options)
     totals = {label: summarize(results) for label, results in runs.items()}
     totals[again_label].update(spread)
     print("(iii) fast path, whole MLP:")
@@ -183,7 +215,7 @@ def main() -> None:
             f"{total['highs_s']:5.2f} s in HiGHS, share {total['share']:.0%}{extra}"
         )
     print("  per layer, default call:")
-    print_layers(layers, runs[default_label])
+    print_layers(layers, runs[default_label], reduced=args.variant == "plain")
     record["fast"] = totals
     default, first, again = totals[default_label], totals[first_label], totals[again_label]
 
@@ -192,9 +224,9 @@ def main() -> None:
         for (_, H, W, b), (_, fast) in zip(layers, runs[default_label], strict=True):
             m = min(args.reference_units, W.shape[0])
             bounds = benchmark_bounds(H, W, b)
-            seconds, naive_objective = naive_cvxpy(H, W[:m], b[:m], **bounds)
+            seconds, naive_objective = naive_cvxpy(H, W[:m], b[:m], **bounds, **options)
             naive_s += seconds * W.shape[0] / m
-            dpp = solve_layer(H, W[:m], b[:m], solver="cvxpy", **bounds)
+            dpp = solve_layer(H, W[:m], b[:m], solver="cvxpy", **bounds, **options)
             dpp_s += dpp.wall_time_s * W.shape[0] / m
             for other in (naive_objective, dpp.objective):
                 difference = np.abs(other - fast.objective[:m]) / np.maximum(1.0, np.abs(other))
@@ -210,11 +242,12 @@ def main() -> None:
         for label, seconds in rows:
             print(f"  {label:<48}{seconds:8.2f} s   (i) / this = {naive_s / seconds:6.1f}x")
         print(f"  objectives of (i), (ii) and (iii) agree to {worst:.1e} (relative, on the units timed)")
+        speedup, seconds, share = (20, 10, 90) if args.variant == "plain" else (50, 15, 85)
         print(
-            f"goals: (i)/(iii) = {naive_s / default['wall_s']:.0f}x by default, "
-            f"{naive_s / again['wall_s']:.0f}x with workers up (>= 20x); whole MLP {default['wall_s']:.1f} s / "
-            f"{again['wall_s']:.1f} s (< 10 s); inside HiGHS {default['share']:.0%} by default, "
-            f"{again['share']:.0%} with workers up, {first['share']:.0%} while they start (>= 90%)"
+            f"goals ({args.variant}): (i)/(iii) = {naive_s / default['wall_s']:.0f}x by default, "
+            f"{naive_s / again['wall_s']:.0f}x with workers up (>= {speedup}x); whole MLP {default['wall_s']:.1f} s / "
+            f"{again['wall_s']:.1f} s (< {seconds} s); inside HiGHS {default['share']:.0%} by default, "
+            f"{again['share']:.0%} with workers up, {first['share']:.0%} while they start (>= {share}%)"
         )
 
     if args.batch_sizes:
@@ -224,9 +257,9 @@ def main() -> None:
         for size in (int(x) for x in args.batch_sizes.split(",")):
             layers_n = layer_inputs(model, images[draw[:size]])
             stop_workers()
-            default_n = summarize(fast_path(layers_n, None))
-            fast_path(warm_up, jobs)
-            total = summarize(fast_path(layers_n, jobs))
+            default_n = summarize(fast_path(layers_n, None, **options))
+            fast_path(warm_up, jobs, **options)
+            total = summarize(fast_path(layers_n, jobs, **options))
             line = (
                 f"  batch {size:5d}: default {default_n['wall_s']:7.2f} s, {default_n['processes']} process(es), "
                 f"share {default_n['share']:.0%}; workers up {total['wall_s']:7.2f} s wall, "
