@@ -317,3 +317,18 @@ def test_quantile_bias_rejects_q_outside_the_open_interval(q, mnist_train):
     with pytest.raises(ValueError, match="q"):
         quantile_bias_(model, images[:16], q)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_tiny_matrix_entries_are_not_a_solver_failure():
+    """HiGHS drops entries below 1e-9 with a warning (kWarning), which is no
+    reason to refuse the layer: here one column's mean (the anchor's row) is 3e-13."""
+    rng = np.random.default_rng(0)
+    H = np.abs(rng.normal(size=(30, 4)))
+    H[:, 0] = 0.0
+    H[0, 0] = 1e-11
+    W, b = rng.normal(size=(3, 4)), np.zeros(3)
+    for solver in SOLVERS:
+        solution = solve_layer(
+            H, W, b, weight_bound=0.1, bias_bound=0.1, margin=0.1, anchor=True, n_jobs=1, solver=solver
+        )
+        assert solution.status_counts() == {"optimal": 3}

@@ -742,7 +742,7 @@ def _pass_model(
         A.data,
         integrality,
     )
-    if status != highspy.HighsStatus.kOk:
+    if status == highspy.HighsStatus.kError:  # kWarning: e.g. entries below 1e-9 dropped, as they may be
         raise SolverError(
             f"HiGHS refused a layer's LP ({A.shape[0]} rows, {A.shape[1]} columns; status {status}). "
             "Check that the batch and the weights are of a sane scale (e.g. |x| < 1e6)."
