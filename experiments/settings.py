@@ -17,7 +17,18 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from experiments.inits import ARCHS, VALID_INITS, parse_init_name
+from lpinit.files import write_atomic
+
 DEFAULT_RESULTS_ROOT = Path(__file__).resolve().parent / "results"
+
+BACKENDS = {
+    "loky": "worker processes on this machine (joblib's loky)",
+    "threading": "threads in this process",
+    "multiprocessing": "worker processes on this machine (the standard library's)",
+    "dask": "a Dask distributed cluster (--scheduler, or a local one)",
+    "ray": "a Ray cluster (--scheduler, or a local one)",
+}
 
 RANDOM_INITS = ("default", "kaiming_normal", "xavier_uniform", "orthogonal")
 BASELINE_INITS = ("lsuv", "rai")
@@ -38,13 +49,9 @@ class Settings:
     preset: str = _help("named starting point: quick | seed | full; flags override it", "quick")
     name: str = _help("results folder name under --results-root (default: the preset name)", "")
     results_root: str = _help("folder holding one sub-folder of results per name", str(DEFAULT_RESULTS_ROOT))
-    inits: tuple[str, ...] = _help(
-        "comma-separated initializations (default, kaiming_normal, xavier_uniform, orthogonal, "
-        "lsuv, rai, lp@<radius>, bias_shift@<radius>)",
-        ("default",),
-    )
+    inits: tuple[str, ...] = _help(f"comma-separated initializations ({VALID_INITS})", ("default",))
     archs: tuple[str, ...] = _help(
-        "comma-separated architectures: seed (ReLU on logits) | mlp (no ReLU on logits)", ("seed",)
+        "comma-separated architectures: " + " | ".join(f"{k} ({v})" for k, v in ARCHS.items()), ("seed",)
     )
     seeds: int = _help(
         "number of seeds per (init, arch, lr); seed s fixes the random start, LP batch and data order", 2
@@ -61,7 +68,7 @@ class Settings:
     stability_images: int = _help("fixed test images used by the stability measurement", 256)
     eval_batch: int = _help("batch size for evaluation and zero counting", 1000)
     n_jobs: int = _help("parallel runs (processes with loky); -1: one per core", 2)
-    backend: str = _help("joblib backend: loky | threading | multiprocessing | dask | ray (see runner.py)", "loky")
+    backend: str = _help("where runs execute: " + " | ".join(BACKENDS) + " (see runner.py)", "loky")
     device: str = _help("torch device for training: auto (cuda if present) | cpu | cuda", "auto")
     lp_margin: float = _help("margin passed to lp_initialize", 0.1)
     n_boot: int = _help("bootstrap resamples for correlation confidence intervals", 2000)
@@ -76,6 +83,13 @@ class Settings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Settings:
+        """Settings from ``to_dict``'s output or a settings.json (lists become tuples; other keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        known: dict[str, typing.Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**{k: v for k, v in known.items() if k in names})
 
 
 # Fields that change what a run computes; everything else only changes which
@@ -105,7 +119,7 @@ PRESETS: dict[str, dict] = {
     # SGD lr 0.01, batch 64, 5 epochs; it reported 77.25% test accuracy from one
     # unseeded init, so several seeds show where that figure falls.
     "seed": dict(inits=("default",), archs=("seed",), seeds=5, epochs=5, holdout=0),
-    "full": dict(inits=ALL_INITS, archs=("seed", "mlp"), seeds=10, epochs=5),
+    "full": dict(inits=ALL_INITS, archs=tuple(ARCHS), seeds=10, epochs=5),
 }
 
 
@@ -141,12 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
         tp = _field_type(f)
         default = getattr(defaults, f.name)
         shown = _show(default)
-        kwargs = dict(dest=f.name, default=None, help=f"{f.metadata['help']} (default without a preset: {shown})")
+        help_text = f"{f.metadata['help']} (default without a preset: {shown})"
         if f.name == "preset":
-            kwargs["choices"] = sorted(PRESETS)
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text, choices=sorted(PRESETS))
         else:
-            kwargs["type"] = _parser_for(tp)
-        parser.add_argument(flag, **kwargs)
+            parser.add_argument(flag, dest=f.name, default=None, help=help_text, type=_parser_for(tp))
     return parser
 
 
@@ -176,20 +189,18 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
 
 
 def validate(s: Settings) -> None:
-    from experiments.inits import check_init_name
-
     for name in s.inits:
-        check_init_name(name)
+        parse_init_name(name)
     for arch in s.archs:
-        if arch not in ("seed", "mlp"):
-            raise ValueError(f"Unknown arch {arch!r}. Valid archs: 'seed', 'mlp'.")
+        if arch not in ARCHS:
+            raise ValueError(f"Unknown arch {arch!r}. Valid archs: {', '.join(ARCHS)}.")
     for key in ("seeds", "epochs", "batch_size", "lp_batch", "eval_batch"):
         if getattr(s, key) < 1:
             raise ValueError(f"Expected --{key.replace('_', '-')} >= 1, got {getattr(s, key)}.")
     if s.n_jobs == 0 or s.n_jobs < -1:
         raise ValueError(f"Expected --n-jobs >= 1 or -1 (one per core), got {s.n_jobs}.")
-    if s.backend not in ("loky", "threading", "multiprocessing", "dask", "ray"):
-        raise ValueError(f"Unknown backend {s.backend!r}. Valid backends: loky, threading, multiprocessing, dask, ray.")
+    if s.backend not in BACKENDS:
+        raise ValueError(f"Unknown backend {s.backend!r}. Valid backends: {', '.join(BACKENDS)}.")
     if not 0 <= s.holdout < 60_000:
         raise ValueError(f"Expected 0 <= --holdout < 60000, got {s.holdout}.")
     if s.train_subset < 0 or s.train_subset > 60_000 - s.holdout:
@@ -226,9 +237,7 @@ def record_settings(s: Settings) -> None:
         text = json.dumps(merged, indent=2)
     else:
         text = json.dumps(s.to_dict(), indent=2)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(path)
+    write_atomic(path, text + "\n")
 
 
 def load_settings(results_dir: Path) -> dict:

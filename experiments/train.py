@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpinit import count_relu_zeros
+from lpinit.tracing import eval_mode
 
 
 def pick_device(device: str) -> torch.device:
@@ -51,13 +52,13 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict:
-    """Mean cross-entropy, accuracy (%) and ReLU-zero fraction on (x, y)."""
-    model.eval()
+    """Mean cross-entropy, accuracy (%) and ReLU-zero fraction on (x, y), in eval mode."""
     loss, correct = 0.0, 0
-    for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
-        out = model(xb)
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
+    with eval_mode(model):
+        for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
+            out = model(xb)
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
     zeros = count_relu_zeros(model, x, batch_size=batch_size, patterns=False)
     return {
         "loss": loss / x.shape[0],
