@@ -8,6 +8,7 @@ so runs with the same seed see the same data order whatever their init.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -19,12 +20,23 @@ from lpinit import count_relu_zeros
 from lpinit.tracing import eval_mode
 
 
-def pick_device(device: str) -> torch.device:
+def pick_device(device: str, check_available: bool = True) -> torch.device:
+    """The torch device for ``auto | cpu | cuda | cuda:<index>``; ``auto`` is cuda
+    when a GPU is visible. With ``check_available``, a GPU that is not there is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+    if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
         raise ValueError(f"Unknown device {device!r}. Valid devices: auto, cpu, cuda, cuda:<index>.")
-    return torch.device(device)
+    chosen = torch.device(device)
+    if check_available and chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"Device {device!r} asked for, but torch sees no CUDA GPU here. Use cpu (or auto).")
+        if chosen.index is not None and chosen.index >= count:
+            raise ValueError(
+                f"Device {device!r} asked for, but torch sees {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})."
+            )
+    return chosen
 
 
 def train_epoch(

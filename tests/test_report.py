@@ -34,7 +34,8 @@ def test_patching_measure_train_catches_training_inside_run_one(monkeypatch, tmp
         raise Trained
 
     monkeypatch.setattr(measure, "train", refuse)
-    s = resolve("quick", {"results_root": str(tmp_path), "inits": ("default",), "seeds": 1, "train_subset": 100})
+    overrides = {"inits": ("default",), "seeds": 1, "train_subset": 100, "lp_batch": 32, "stability_images": 8}
+    s = resolve("quick", {"results_root": str(tmp_path), **overrides})
     (spec,) = runner.plan_tasks(s)
     with pytest.raises(Trained):
         measure.run_one(spec, s)

@@ -41,14 +41,15 @@ def test_rerun_skips_finished_runs_without_duplicates(tmp_path, monkeypatch):
     ledger.append_line(path, _finished(tasks[0]))
     with open(path, "ab") as f:
         f.write(b'{"key": "half')  # the run in progress when killed
-    with pytest.warns(UserWarning):
-        list(runner.execute(s, tasks, progress=False))
+    with pytest.warns(UserWarning, match="partial last line"):
+        outcome = runner.execute(s, tasks, progress=False)
     assert calls == [t.key for t in tasks[1:]]
+    assert (outcome.planned, outcome.already_done, len(outcome.finished), outcome.failures) == (4, 1, 3, 0)
     keys = [r["key"] for r in ledger.read_lines(path)]
     assert sorted(keys) == sorted(t.key for t in tasks) and len(set(keys)) == len(keys)
     calls.clear()
-    list(runner.execute(s, tasks, progress=False))
-    assert calls == []
+    outcome = runner.execute(s, tasks, progress=False)
+    assert calls == [] and outcome.already_done == 4
 
 
 def test_a_failed_run_is_logged_and_retried(tmp_path, monkeypatch):
@@ -60,13 +61,15 @@ def test_a_failed_run_is_logged_and_retried(tmp_path, monkeypatch):
     monkeypatch.setattr(measure, "run_one", flaky)
     s = resolve("quick", {"results_root": str(tmp_path), "inits": ("default", "rai"), "n_jobs": 1, "seeds": 1})
     record_settings(s)
-    with pytest.warns(UserWarning, match="1 run"):
-        got = list(runner.execute(s, runner.plan_tasks(s), progress=False))
-    assert [r["init"] for r in got] == ["default"]
+    outcome = runner.execute(s, runner.plan_tasks(s), progress=False)
+    assert [r["init"] for r in outcome.finished] == ["default"]
+    assert [r["init"] for r in outcome.failed] == ["rai"] and outcome.failures == 1
     (failure,) = ledger.read_lines(s.results_dir / "failures.jsonl")
-    assert "solver gave up" in failure["error"]
+    assert "solver gave up" in failure["error"] and "RuntimeError" in failure["traceback"]
+    assert not list((s.results_dir / "claims").iterdir())  # every claim released
     monkeypatch.setattr(measure, "run_one", lambda spec, _: _finished(spec, accuracy=2.0))
-    assert [r["init"] for r in runner.execute(s, runner.plan_tasks(s), progress=False)] == ["rai"]
+    outcome = runner.execute(s, runner.plan_tasks(s), progress=False)
+    assert [r["init"] for r in outcome.finished] == ["rai"]  # the rerun retried it
 
 
 def test_threading_backend_runs_in_parallel(tmp_path, monkeypatch):
@@ -75,5 +78,5 @@ def test_threading_backend_runs_in_parallel(tmp_path, monkeypatch):
         "quick", {"results_root": str(tmp_path), "inits": ("default", "rai"), "backend": "threading", "n_jobs": 2}
     )
     record_settings(s)
-    got = list(runner.execute(s, runner.plan_tasks(s), progress=False))
-    assert len(got) == 4 == len(ledger.read_lines(s.results_dir / "runs.jsonl"))
+    outcome = runner.execute(s, runner.plan_tasks(s), progress=False)
+    assert len(outcome.finished) == 4 == len(ledger.read_lines(s.results_dir / "runs.jsonl"))
