@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.stats import flat_metrics, init_zero_source, stability_groups
+from lpinit.files import write_atomic
 
 
 def _by(records, *keys):
@@ -171,16 +172,13 @@ def plot_stability(records: list[dict], path) -> Path:
     axes[0].set_ylim(-0.02, 1.02)
     axes[-1].legend(fontsize=7, ncol=1 + len(groups) // 12)
     fig.suptitle("Activation-pattern stability (dashed: at init, solid: trained; bars: min..max over seeds)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(path))
 
 
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (processes sharing a folder may both report) and close it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:], dpi=110))
     plt.close(fig)
     return path
 

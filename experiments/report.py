@@ -2,13 +2,18 @@
 
     python -m experiments.report experiments/results/<name>
 
-re-summarizes and re-plots a results folder; it never trains.
+re-summarizes and re-plots a results folder; it never trains. Every
+sentence is computed from the numbers: the answer to the notebook's
+question, the paired comparisons, and the stability section (the verdict on
+the notebook's L_gen argument, from ``experiments.stability``'s rows). Each
+file is written atomically, so processes sharing a folder may all report.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import os
 from collections import Counter, defaultdict
@@ -29,6 +34,7 @@ from experiments.stats import (
     stability_groups,
     zero_accuracy_correlations,
 )
+from lpinit.files import write_atomic
 
 SURVIVES = 0.9
 """The pattern "survives" a size when at least this fraction of perturbations keep it."""
@@ -57,10 +63,11 @@ def _p(x) -> str:
 
 
 def write_summary_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
 
 
 def _summary_table(rows: list[dict]) -> list[str]:
@@ -286,7 +293,7 @@ def build_report(results_dir: Path) -> Path:
     lines += _stability_lines(records, results_dir)
     lines += _timing_lines(records)
     path = results_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

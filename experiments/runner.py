@@ -30,6 +30,7 @@ the middle of a run (``experiments.lifeline``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import time
@@ -159,8 +160,10 @@ def open_pool(settings: Settings) -> Iterator[Pool]:
         pool = _local_pool(settings)
         try:
             yield pool
-        finally:
-            pool.executor.shutdown(wait=True, cancel_futures=True)
+        except BaseException:  # Ctrl-C or a bug: do not wait for the runs in flight
+            _stop(pool.executor, wait=False)
+            raise
+        _stop(pool.executor, wait=True)
     elif settings.backend == "dask":
         with _dask_pool(settings) as pool:
             yield pool
@@ -171,6 +174,16 @@ def open_pool(settings: Settings) -> Iterator[Pool]:
         raise ValueError(f"Unhandled backend {settings.backend!r}.")
 
 
+def _stop(executor: Executor, wait: bool) -> None:
+    """Shut ``executor`` down; without ``wait``, drop queued calls and end running worker processes."""
+    from joblib.externals.loky import ProcessPoolExecutor as LokyPool
+
+    if isinstance(executor, LokyPool):
+        executor.shutdown(wait=wait, kill_workers=not wait)
+    else:
+        executor.shutdown(wait=wait, cancel_futures=True)
+
+
 @contextlib.contextmanager
 def _dask_pool(settings: Settings) -> Iterator[Pool]:
     from distributed import Client, LocalCluster
@@ -178,7 +191,7 @@ def _dask_pool(settings: Settings) -> Iterator[Pool]:
     with contextlib.ExitStack() as stack:
         if settings.scheduler:
             try:
-                client = stack.enter_context(Client(settings.scheduler, timeout="20s"))
+                client = stack.enter_context(Client(settings.scheduler))  # waits distributed.comm.timeouts.connect
             except OSError as err:
                 raise ClusterUnavailable(
                     f"Could not connect to the Dask scheduler at {settings.scheduler} ({err}). "
@@ -191,7 +204,8 @@ def _dask_pool(settings: Settings) -> Iterator[Pool]:
                     threads_per_worker=1,
                     processes=True,
                     host="127.0.0.1",
-                    dashboard_address=None,
+                    dashboard_address=":0",  # any free port: several clusters may run on one machine
+                    silence_logs=logging.ERROR,  # not the nanny's notes on workers closing slowly
                 )
             )
             client = stack.enter_context(Client(cluster))
@@ -314,7 +328,7 @@ def execute(
                         # The worker, not the run, failed (safe_run catches the run's errors): e.g. it died.
                         settle(spec, _failure(spec, f"{type(err).__name__}: {err} (the worker was lost)"))
                         if isinstance(err, BrokenExecutor) and pool.renew is not None and executor is pool.executor:
-                            executor.shutdown(wait=False, cancel_futures=True)
+                            _stop(executor, wait=False)
                             pool.executor = pool.renew()
                     continue
                 # Nothing of ours in flight: the rest are finished, failed or held by siblings.
