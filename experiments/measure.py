@@ -76,8 +76,13 @@ def lp_targets_path(results_dir: Path, arch: str, seed: int, radius: float, marg
 
 
 def write_lp_targets(path: Path, values: list[float]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(values))  # a concurrent reader sees all of it or nothing
+    """Cache the LP's zero fractions; a worker that cannot write the results folder
+    (a cluster node without the shared folder) skips the cache: it only saves time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(values))  # a concurrent reader sees all of it or nothing
+    except OSError:
+        pass
 
 
 def _lp_targets_cache(

@@ -326,7 +326,12 @@ def execute(
                             settle(spec, future.result())
                             continue
                         # The worker, not the run, failed (safe_run catches the run's errors): e.g. it died.
-                        settle(spec, _failure(spec, f"{type(err).__name__}: {err} (the worker was lost)"))
+                        settle(
+                            spec,
+                            _failure(
+                                spec, f"{type(err).__name__}: {err} (from the {settings.backend} backend, not the run)"
+                            ),
+                        )
                         if isinstance(err, BrokenExecutor) and pool.renew is not None and executor is pool.executor:
                             _stop(executor, wait=False)
                             pool.executor = pool.renew()
