@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.inits import ARCHS, VALID_INITS, parse_init_name
+from experiments.inits import ARCHS, FIXED_INITS, PARAMETRIC_INITS, VALID_INITS, InitName, parse_init_name
 from experiments.ledger import folder_lock
 from lpinit.files import write_atomic
 
@@ -43,12 +43,8 @@ BACKENDS = {
 LOCAL_BACKENDS = ("loky", "threading", "multiprocessing")
 """Backends whose workers run on this machine (``--n-jobs`` is capped at its cores)."""
 
-RANDOM_INITS = ("default", "kaiming_normal", "xavier_uniform", "orthogonal")
-BASELINE_INITS = ("lsuv", "rai")
 LP_RADII = (0.02, 0.05, 0.1, 0.2)
-ALL_INITS = (
-    RANDOM_INITS + BASELINE_INITS + tuple(f"lp@{r:g}" for r in LP_RADII) + tuple(f"bias_shift@{r:g}" for r in LP_RADII)
-)
+ALL_INITS = FIXED_INITS + tuple(str(InitName(scheme, r)) for scheme in PARAMETRIC_INITS for r in LP_RADII)
 
 
 def _help(text: str, default, **kwargs):

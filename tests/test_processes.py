@@ -120,7 +120,7 @@ def test_workers_exit_soon_after_their_parent_is_killed(tmp_path, tiny_argv):
         def busy_workers():
             # Mid-run: each worker has spent more CPU than importing torch and loading MNIST take.
             workers = [pid for pid in _children(parent.pid) if "popen_loky" in _cmdline(pid)]
-            return len(workers) == 2 and all(_cpu_seconds(pid) > 4 for pid in workers)
+            return len(workers) == 2 and all(_cpu_seconds(pid) > 3 for pid in workers)
 
         _wait_for(busy_workers, 180, "both workers to be in their runs")
         children = _children(parent.pid)  # the workers and the resource trackers
