@@ -25,16 +25,24 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from lpinit import lp_initialize
-from lpinit.tracing import relu_fed_linears
+from lpinit.tracing import capture_layer_io, relu_fed_linears
 
 FIXED_INITS = ("default", "kaiming_normal", "xavier_uniform", "orthogonal", "lsuv", "rai")
 PARAMETRIC_INITS = ("lp", "bias_shift")
+CONTROL_OF = {"lp": "bias_shift"}
+"""The control that matches each parametric init's zero fractions at the same radius."""
+
+ARCHS = {
+    "seed": "the notebook's 784-750-320-50-10 MLP, ReLU on the logits",
+    "mlp": "the same widths without the ReLU on the logits",
+}
 
 FAMILIES = {
     "default": "random",
@@ -48,32 +56,53 @@ FAMILIES = {
 }
 
 
-def parse_init_name(name: str) -> tuple[str, float | None]:
-    """Split ``"lp@0.1"`` into ``("lp", 0.1)``; ``"lsuv"`` into ``("lsuv", None)``."""
-    valid = ", ".join(FIXED_INITS) + ", lp@<radius>, bias_shift@<radius> (e.g. lp@0.1)"
+VALID_INITS = ", ".join(FIXED_INITS) + ", " + ", ".join(f"{p}@<radius>" for p in PARAMETRIC_INITS)
+
+
+class InitName(NamedTuple):
+    """A parsed init name: ``lp@0.1`` is ``InitName("lp", 0.1)``, ``lsuv`` is ``InitName("lsuv", None)``."""
+
+    scheme: str
+    radius: float | None
+
+    def __str__(self) -> str:
+        return self.scheme if self.radius is None else f"{self.scheme}@{self.radius:g}"
+
+
+def parse_init_name(name: str) -> InitName:
+    """The one parser of init names (see the module docstring for the grammar)."""
     if not isinstance(name, str):
-        raise TypeError(f"Expected an init name (str), got {type(name).__name__}. Valid inits: {valid}.")
-    base, sep, arg = name.partition("@")
-    if not sep and base in FIXED_INITS:
-        return base, None
-    if sep and base in PARAMETRIC_INITS:
+        raise TypeError(f"Expected an init name (str), got {type(name).__name__}. Valid inits: {VALID_INITS}.")
+    scheme, sep, arg = name.partition("@")
+    if not sep and scheme in FIXED_INITS:
+        return InitName(scheme, None)
+    if sep and scheme in PARAMETRIC_INITS:
         try:
             radius = float(arg)
         except ValueError:
-            radius = float("nan")
-        if not radius > 0:
-            raise ValueError(f"Expected a positive radius after '@' in {name!r}, e.g. {base}@0.1.")
-        return base, radius
-    raise ValueError(f"Unknown init {name!r}. Valid inits: {valid}.")
-
-
-def check_init_name(name: str) -> str:
-    parse_init_name(name)
-    return name
+            radius = math.nan
+        if not 0 < radius < math.inf:
+            raise ValueError(
+                f"Expected a positive, finite radius after '@' in {name!r}, got {arg!r}; write e.g. {scheme}@0.1."
+            )
+        return InitName(scheme, radius)
+    raise ValueError(f"Unknown init {name!r}. Valid inits: {VALID_INITS} (e.g. lp@0.1).")
 
 
 def family(name: str) -> str:
-    return FAMILIES[parse_init_name(name)[0]]
+    return FAMILIES[parse_init_name(name).scheme]
+
+
+def control_of(name: str) -> str | None:
+    """The name of the control run for ``name`` (``lp@0.1`` -> ``bias_shift@0.1``), or None."""
+    parsed = parse_init_name(name)
+    control = CONTROL_OF.get(parsed.scheme)
+    return None if control is None else str(InitName(control, parsed.radius))
+
+
+def is_control(name: str) -> bool:
+    """Whether ``name`` is the control of another init (``bias_shift@r``)."""
+    return parse_init_name(name).scheme in CONTROL_OF.values()
 
 
 def build_model(arch: str, seed: int) -> nn.Module:
@@ -83,12 +112,11 @@ def build_model(arch: str, seed: int) -> nn.Module:
     """
     from lpinit import mlp, seed_mlp
 
-    builders = {"seed": seed_mlp, "mlp": lambda: mlp((784, 750, 320, 50, 10), final_relu=False)}
-    if arch not in builders:
-        raise ValueError(f"Unknown arch {arch!r}. Valid archs: {', '.join(builders)}.")
+    if arch not in ARCHS:
+        raise ValueError(f"Unknown arch {arch!r}. Valid archs: {', '.join(ARCHS)}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return builders[arch]()
+        return seed_mlp() if arch == "seed" else mlp((784, 750, 320, 50, 10), final_relu=False)
 
 
 def _linears(model: nn.Module) -> list[nn.Linear]:
@@ -119,20 +147,11 @@ def orthogonal_(model: nn.Module, generator: torch.Generator) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def _layer_outputs(model: nn.Module, batch: torch.Tensor, layers: list[nn.Module]) -> list[torch.Tensor]:
-    """Outputs of ``layers`` (pre-activations, for Linear layers) on ``batch``."""
-    outputs: dict[int, torch.Tensor] = {}
-    handles = [
-        layer.register_forward_hook(lambda m, a, out, i=i: outputs.setdefault(i, out.detach()))
-        for i, layer in enumerate(layers)
-    ]
-    try:
-        with torch.no_grad():
-            model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return [outputs[i] for i in range(len(layers))]
+def _layer_outputs(model: nn.Module, batch: torch.Tensor, layers: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """Outputs of ``layers`` (pre-activations, for Linear layers) on ``batch``: each layer's first call."""
+    with torch.no_grad():
+        calls = capture_layer_io(model, layers, lambda: model(batch), what="output")
+    return [outputs[0] for outputs in calls]
 
 
 @torch.no_grad()
@@ -291,24 +310,25 @@ def initialize(
     Returns:
         A JSON-ready dict of what the init did (LSUV variances, shifts, LP report).
     """
-    base, radius = parse_init_name(name)
+    scheme, radius = parse_init_name(name)
     generator = torch.Generator().manual_seed(seed)
     info: dict = {}
-    if base == "default":
-        pass
-    elif base == "kaiming_normal":
-        kaiming_normal_(model, generator)
-    elif base == "xavier_uniform":
-        xavier_uniform_(model, generator)
-    elif base == "orthogonal":
-        orthogonal_(model, generator)
-    elif base == "lsuv":
-        info["lsuv_variances"] = lsuv_(model, batch, generator)
-    elif base == "rai":
-        rai_(model, generator)
-    elif base == "lp":
+    if radius is None:
+        if scheme == "kaiming_normal":
+            kaiming_normal_(model, generator)
+        elif scheme == "xavier_uniform":
+            xavier_uniform_(model, generator)
+        elif scheme == "orthogonal":
+            orthogonal_(model, generator)
+        elif scheme == "lsuv":
+            info["lsuv_variances"] = lsuv_(model, batch, generator)
+        elif scheme == "rai":
+            rai_(model, generator)
+        elif scheme != "default":  # parse_init_name already rejected anything else
+            raise ValueError(f"Unhandled init {name!r}.")
+    elif scheme == "lp":
         info["lp_report"] = lp_(model, batch, radius, lp_margin)
-    elif base == "bias_shift":
+    elif scheme == "bias_shift":
         if lp_targets is None:
             lp_model = copy.deepcopy(model)
             lp_(lp_model, batch, radius, lp_margin)
@@ -318,6 +338,6 @@ def initialize(
         info["bias_shift_targets"] = targets
         info["bias_shifts"] = bias_shift_(model, batch, targets)
         info["bias_shift_reached"] = relu_zero_fractions(model, batch)
-    else:  # parse_init_name already rejected anything else
+    else:
         raise ValueError(f"Unhandled init {name!r}.")
     return info

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.stats import flat_metrics, init_zero_source
+from experiments.stats import flat_metrics, init_zero_source, stability_groups
+from lpinit.files import write_atomic
 
 
 def _by(records, *keys):
@@ -119,9 +120,65 @@ def zeros_per_layer_at_init(records, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _label(key: tuple, many_archs: bool) -> str:
+    arch, init, stage = key
+    return f"{arch} {init} ({stage})" if many_archs else f"{init} ({stage})"
+
+
+def plot_stability(records: list[dict], path) -> Path:
+    """Pattern-change fraction, flipped units and ||L_gen|| / ||f(x)|| against
+    perturbation size, written as a PNG to ``path``: one line per (init, stage)
+    (colour = init, dashed = at init, solid = trained, marker = arch), mean over
+    seeds with min..max error bars."""
+    if not records:
+        raise ValueError("Expected at least one stability record, got none. Run measure_stability first.")
+    groups = stability_groups(records)
+    many_archs = len({k[0] for k in groups}) > 1
+    inits = sorted({k[1] for k in groups})
+    cmap = plt.get_cmap("tab10" if len(inits) <= 10 else "tab20")
+    colors = {init: cmap(i % cmap.N) for i, init in enumerate(inits)}
+    markers = {arch: "os^Dvp*"[i % 7] for i, arch in enumerate(sorted({k[0] for k in groups}))}
+    panels = (
+        ("pattern_changed", "perturbations changing the pattern", "linear"),
+        ("flipped_units", "mean fraction of units flipped", "log"),
+        ("l_gen_rel", "mean ||L_gen|| / mean ||f(x)||", "log"),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
+    for key, by_size in groups.items():
+        sizes = sorted(by_size)
+        style = "--" if key[2] == "init" else "-"
+        for ax, (metric, _, _) in zip(axes, panels, strict=True):
+            values = [[r[metric] for r in by_size[s] if r.get(metric) is not None] for s in sizes]
+            keep = [i for i, v in enumerate(values) if v]
+            if not keep:
+                continue
+            mean = np.array([np.mean(values[i]) for i in keep])
+            low = mean - np.array([np.min(values[i]) for i in keep])
+            high = np.array([np.max(values[i]) for i in keep]) - mean
+            ax.errorbar(
+                [sizes[i] for i in keep],
+                mean,
+                yerr=[low, high],
+                ls=style,
+                marker=markers[key[0]],
+                ms=3,
+                capsize=2,
+                color=colors[key[1]],
+                label=_label(key, many_archs),
+            )
+    for ax, (_, ylabel, yscale) in zip(axes, panels, strict=True):
+        ax.set(xscale="log", yscale=yscale, xlabel="relative perturbation size s", ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[-1].legend(fontsize=7, ncol=1 + len(groups) // 12)
+    fig.suptitle("Activation-pattern stability (dashed: at init, solid: trained; bars: min..max over seeds)")
+    return _save(fig, Path(path))
+
+
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (processes sharing a folder may both report) and close it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:], dpi=110))
     plt.close(fig)
     return path
 
