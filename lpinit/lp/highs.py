@@ -153,7 +153,7 @@ def _solve_lp_chunk(
             if basis is not None:
                 highs.clearSolver()
                 highs.setBasis(basis)
-            solution.status[k], solution.iterations[k] = _run(highs, time_limit_s)
+            solution.status[k], solution.iterations[k] = _run(highs, time_limit_s, iteration_cap(n))
             if solution.status[k] == OPTIMAL:
                 # an objective of 0 needs no dual to be proven optimal (see _proven)
                 values, duals = _answer(highs, with_dual=highs.getInfo().objective_function_value > 0)
@@ -379,14 +379,39 @@ def swallow_highs_banner() -> None:
             _banner_swallowed = True
 
 
-def _run(highs: highspy.Highs, time_limit_s: float | None) -> tuple[str, int]:
-    """Run HiGHS; return the unit status and the simplex iterations."""
+def _run(highs: highspy.Highs, time_limit_s: float | None, iteration_cap: int | None = None) -> tuple[str, int]:
+    """Run HiGHS; return the unit status and the simplex iterations.
+
+    With ``iteration_cap``, a dual simplex run that stalls past it (as it can
+    on degenerate LPs with a large box, taking tens of thousands of iterations)
+    is finished by the interior point method with crossover instead, from
+    scratch, which yields a basic optimum and its duals all the same.
+    """
     # HiGHS's time_limit counts the instance's total run time over all runs.
     limit = highspy.kHighsInf if time_limit_s is None else highs.getRunTime() + time_limit_s
     highs.setOptionValue("time_limit", limit)
+    highs.setOptionValue("simplex_iteration_limit", iteration_cap if iteration_cap is not None else _NO_LIMIT)
     highs.run()
-    status = status_group(highs.getModelStatus(), HIGHS_STATUS_GROUPS)
-    return status, max(0, highs.getInfo().simplex_iteration_count)
+    iterations = max(0, highs.getInfo().simplex_iteration_count)
+    if iteration_cap is not None and highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit:
+        highs.setOptionValue("simplex_iteration_limit", _NO_LIMIT)
+        highs.setOptionValue("solver", "ipm")
+        highs.clearSolver()
+        try:
+            highs.run()
+        finally:
+            highs.setOptionValue("solver", "choose")
+        iterations += max(0, highs.getInfo().simplex_iteration_count)  # crossover's
+    return status_group(highs.getModelStatus(), HIGHS_STATUS_GROUPS), iterations
+
+
+_NO_LIMIT = 2**31 - 1  # HiGHS's default simplex_iteration_limit
+
+
+def iteration_cap(rows: int) -> int:
+    """Dual simplex iterations after which a unit's LP goes to the interior
+    point method: a few per row, well above what a well-behaved unit takes."""
+    return max(1000, 4 * rows)
 
 
 def _similarity_order(R: np.ndarray) -> np.ndarray:
@@ -642,7 +667,7 @@ def _solve_general_chunk(
         if crash is not None:
             highs.setBasis(crash)
         highs.setOptionValue("presolve", presolve)
-        status, iterations = _run(highs, time_limit_s)
+        status, iterations = _run(highs, time_limit_s, iteration_cap(n))
         solution.status[k] = status
         solution.iterations[k] += iterations
         if status == OPTIMAL:
