@@ -59,9 +59,7 @@ def table(cells: list[dict]) -> str:
     head = "| batch | radius | zeros on the batch | held out | " + " | ".join(f"{n} batch / held out" for n in layers)
     rows = [head + " | LP s |", "|" + "---|" * (5 + len(layers))]
     for c in sorted(cells, key=lambda c: (c["batch_size"], c["radius"])):
-        per_layer = " | ".join(
-            f"{c['layers_after_batch'][n]:.3f} / {c['layers_after_heldout'][n]:.3f}" for n in layers
-        )
+        per_layer = " | ".join(f"{c['layers_after_batch'][n]:.3f} / {c['layers_after_heldout'][n]:.3f}" for n in layers)
         rows.append(
             f"| {c['batch_size']} | {c['radius']:g} | {c['zeros_before_batch']:.3f} -> {c['zeros_after_batch']:.3f} | "
             f"{c['zeros_before_heldout']:.3f} -> {c['zeros_after_heldout']:.3f} | {per_layer} | "
