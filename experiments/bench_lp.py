@@ -42,9 +42,12 @@ import argparse
 import json
 import math
 import time
+from functools import partial
+from typing import Any
 
 import cvxpy as cp
 import numpy as np
+import scipy.sparse as sp
 import torch
 from joblib import cpu_count
 from torch import nn
@@ -52,34 +55,36 @@ from torch import nn
 from lpinit import load_mnist, seed_mlp
 from lpinit.lp import solve_layer, stop_workers
 from lpinit.lp.problem import Formulation, ReducedLP
+from lpinit.tracing import capture_layer_io
 
 
 def layer_inputs(model: nn.Module, images: torch.Tensor) -> list[tuple]:
     """``(name, H, W, b)`` of every Linear layer, H recorded in one forward pass."""
-    inputs = {}
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    hooks = [
-        m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0])) for name, m in linears
-    ]
     with torch.no_grad():
-        model(images)
-    for hook in hooks:
-        hook.remove()
-    return [(name, _numpy(inputs[name]), _numpy(m.weight), _numpy(m.bias)) for name, m in linears]
+        inputs = capture_layer_io(model, [m for _, m in linears], partial(model, images), "input")
+    return [
+        (name, _numpy(H), _numpy(m.weight), _numpy(m.bias)) for (name, m), (H, *_) in zip(linears, inputs, strict=True)
+    ]
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().double().numpy()
 
 
-def benchmark_bounds(H, W, b) -> dict[str, float]:
+def benchmark_bounds(H, W, b) -> dict[str, Any]:
     spread = float((H @ W.T + b).std())
     return dict(weight_bound=0.1 / math.sqrt(H.shape[1]), bias_bound=0.1 * spread, margin=0.1 * spread)
 
 
-def variant_options(variant: str, target: float) -> dict:
+def variant_options(variant: str, target: float) -> dict[str, Any]:
     """``solve_layer``'s options for a ``--variant``."""
-    return {"plain": {}, "anchored": {"anchor": True}, "target": {"target_active": target}}[variant]
+    options: dict[str, dict[str, Any]] = {
+        "plain": {},
+        "anchored": {"anchor": True},
+        "target": {"target_active": target},
+    }
+    return options[variant]
 
 
 def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[float, np.ndarray]:
@@ -137,7 +142,7 @@ def print_layers(layers, results, reduced: bool = True) -> None:
         if reduced:
             layer = ReducedLP.from_input(H, benchmark_bounds(H, W, b)["weight_bound"], 0.0)
             nonzeros = np.count_nonzero(H[:, layer.free])
-            kept = f"the LP keeps {layer.free.sum()} of {H.shape[1]} weights and {layer.S.nnz} of their "
+            kept = f"the LP keeps {layer.free.sum()} of {H.shape[1]} weights and {sp.csr_matrix(layer.S).nnz} of their "
             kept += f"{nonzeros} nonzeros; "
         print(
             f"    {name}: {len(s.status)} units; {kept}{no_run} units need no HiGHS run; "
@@ -188,7 +193,7 @@ def main() -> None:
         f"seed MLP (default init, seed {args.seed}), {args.batch_size} MNIST training images, "
         f"{units} units in {len(layers)} layers, {jobs} workers for the fast path"
     )
-    record = dict(settings=vars(args) | {"jobs": jobs})
+    record: dict[str, Any] = dict(settings=vars(args) | {"jobs": jobs})
 
     # Worker processes stay up between calls (lpinit.parallel): stop them
     # between the rows that need none up.

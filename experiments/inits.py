@@ -2,19 +2,20 @@
 
 Every run first builds its network with PyTorch's default initialization under
 ``torch.manual_seed(seed)`` (``build_model``), then ``initialize`` applies the
-named scheme on top:
+named init on top (``experiments.init_names`` gives the grammar): first its base,
 
 - random: ``default`` (leave PyTorch's init), ``kaiming_normal`` (He et al.
   2015, ReLU gain, fan-in, zero bias), ``xavier_uniform`` (Glorot & Bengio
   2010, zero bias), ``orthogonal`` (Saxe et al. 2014, zero bias);
 - data-dependent / ReLU-aware baselines: ``lsuv`` (Mishkin & Matas 2016) and
   ``rai`` (Lu et al. 2019);
-- ``lp@<radius>``: ``lpinit.lp_initialize`` on the default random start;
-- ``bias_shift@<radius>``: the control. The same default random start; each
-  Linear layer feeding a ReLU gets ONE constant added to its bias, chosen by
-  bisection layer by layer in forward order, so that the layer's zero fraction
-  on the LP batch equals what ``lp@<radius>`` reached for the same seed and
-  architecture. If the LP only helped by adding bias, this matches it.
+
+then its steps in order: ``lp(...)`` (``lpinit.lp_initialize``),
+``quantile_bias(...)`` (``lpinit.quantile_bias_``) and ``bias_shift(...)``, the
+control of ``lp(...)`` with the same keys: from the same start, each ReLU-fed
+layer gets ONE constant added to its bias so that the layer's zero fraction on
+the LP batch equals what that LP reached for the same seed and architecture
+(``lpinit.bias_shift_``). If the LP only helped by adding bias, this matches it.
 
 Random schemes draw from a ``torch.Generator`` seeded by the run's seed and
 apply to every ``nn.Linear`` (definition order = forward order for the MLPs
@@ -26,83 +27,46 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from lpinit import lp_initialize
+from experiments.init_names import (
+    BASES,
+    VALID_INITS,
+    InitSpec,
+    Step,
+    control_of,
+    family,
+    is_control,
+    parse_init_name,
+)
+from lpinit import bias_shift_, lp_initialize, quantile_bias_
 from lpinit.tracing import capture_layer_io, relu_fed_linears
 
-FIXED_INITS = ("default", "kaiming_normal", "xavier_uniform", "orthogonal", "lsuv", "rai")
-PARAMETRIC_INITS = ("lp", "bias_shift")
-CONTROL_OF = {"lp": "bias_shift"}
-"""The control that matches each parametric init's zero fractions at the same radius."""
+FIXED_INITS = BASES
+LP_RADII = (0.02, 0.05, 0.1, 0.2)
+"""The radii of the first comparison's ``lp@<radius>`` and ``bias_shift@<radius>``."""
+LEGACY_INITS = tuple(f"{kind}@{r:g}" for kind in ("lp", "bias_shift") for r in LP_RADII)
 
 ARCHS = {
     "seed": "the notebook's 784-750-320-50-10 MLP, ReLU on the logits",
     "mlp": "the same widths without the ReLU on the logits",
 }
 
-FAMILIES = {
-    "default": "random",
-    "kaiming_normal": "random",
-    "xavier_uniform": "random",
-    "orthogonal": "random",
-    "lsuv": "data-dependent",
-    "rai": "data-dependent",
-    "lp": "lp",
-    "bias_shift": "bias_shift",
-}
-
-
-VALID_INITS = ", ".join(FIXED_INITS) + ", " + ", ".join(f"{p}@<radius>" for p in PARAMETRIC_INITS)
-
-
-class InitName(NamedTuple):
-    """A parsed init name: ``lp@0.1`` is ``InitName("lp", 0.1)``, ``lsuv`` is ``InitName("lsuv", None)``."""
-
-    scheme: str
-    radius: float | None
-
-    def __str__(self) -> str:
-        return self.scheme if self.radius is None else f"{self.scheme}@{self.radius:g}"
-
-
-def parse_init_name(name: str) -> InitName:
-    """The one parser of init names (see the module docstring for the grammar)."""
-    if not isinstance(name, str):
-        raise TypeError(f"Expected an init name (str), got {type(name).__name__}. Valid inits: {VALID_INITS}.")
-    scheme, sep, arg = name.partition("@")
-    if not sep and scheme in FIXED_INITS:
-        return InitName(scheme, None)
-    if sep and scheme in PARAMETRIC_INITS:
-        try:
-            radius = float(arg)
-        except ValueError:
-            radius = math.nan
-        if not 0 < radius < math.inf:
-            raise ValueError(
-                f"Expected a positive, finite radius after '@' in {name!r}, got {arg!r}; write e.g. {scheme}@0.1."
-            )
-        return InitName(scheme, radius)
-    raise ValueError(f"Unknown init {name!r}. Valid inits: {VALID_INITS} (e.g. lp@0.1).")
-
-
-def family(name: str) -> str:
-    return FAMILIES[parse_init_name(name).scheme]
-
-
-def control_of(name: str) -> str | None:
-    """The name of the control run for ``name`` (``lp@0.1`` -> ``bias_shift@0.1``), or None."""
-    parsed = parse_init_name(name)
-    control = CONTROL_OF.get(parsed.scheme)
-    return None if control is None else str(InitName(control, parsed.radius))
-
-
-def is_control(name: str) -> bool:
-    """Whether ``name`` is the control of another init (``bias_shift@r``)."""
-    return parse_init_name(name).scheme in CONTROL_OF.values()
+__all__ = [
+    "ARCHS",
+    "FIXED_INITS",
+    "LEGACY_INITS",
+    "VALID_INITS",
+    "InitSpec",
+    "build_model",
+    "control_of",
+    "family",
+    "initialize",
+    "is_control",
+    "parse_init_name",
+]
 
 
 def build_model(arch: str, seed: int) -> nn.Module:
@@ -200,10 +164,19 @@ def rai_(model: nn.Module, generator: torch.Generator) -> None:
         layer.bias.copy_(v[:, -1])
 
 
-def lp_(model: nn.Module, batch: torch.Tensor, radius: float, margin: float) -> dict:
+def lp_options(step: Step, default_margin: float) -> dict:
+    """``lp_initialize``'s keyword arguments for an ``lp(...)`` (or ``bias_shift(...)``) step."""
+    options: dict = {"radius": step.get("radius", 0.1), "margin": step.get("margin", default_margin)}
+    for key, argument in (("rescale", "rescale"), ("anchor", "anchor"), ("l1", "l1"), ("target", "target_active")):
+        if step.get(key) is not None:
+            options[argument] = step.get(key)
+    return options
+
+
+def lp_(model: nn.Module, batch: torch.Tensor, radius: float, margin: float, **options) -> dict:
     """``lpinit.lp_initialize`` with one job and no progress bar (runs are
     already parallel over processes); returns its report as data."""
-    report = lp_initialize(model, batch, radius=radius, margin=margin, n_jobs=1, progress=False)
+    report = lp_initialize(model, batch, radius=radius, margin=margin, n_jobs=1, progress=False, **options)
     return _jsonable_report(report)
 
 
@@ -243,47 +216,9 @@ def relu_zero_fractions(model: nn.Module, batch: torch.Tensor) -> list[float]:
     return [float((z <= 0).float().mean()) for z in _layer_outputs(model, batch, layers)]
 
 
-def bisect_bias_shift(z: torch.Tensor, target: float, iters: int = 60) -> float:
-    """The constant c whose ``mean(z + c <= 0)`` is closest to ``target``.
-
-    The zero fraction falls monotonically as c grows; bracket, then bisect.
-    """
-
-    def frac(c: float) -> float:
-        return float((z + c <= 0).float().mean())
-
-    lo, hi = -1.0, 1.0
-    for _ in range(64):
-        if frac(lo) >= target:
-            break
-        lo *= 2
-    for _ in range(64):
-        if frac(hi) <= target:
-            break
-        hi *= 2
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        if frac(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return min((lo, hi), key=lambda c: abs(frac(c) - target))
-
-
-@torch.no_grad()
-def bias_shift_(model: nn.Module, batch: torch.Tensor, targets: list[float]) -> list[float]:
-    """Add one constant per ReLU-fed Linear layer to its bias, in forward order,
-    so that its zero fraction on ``batch`` matches ``targets``; return the shifts."""
-    layers = [layer for _, layer in relu_fed_linears(model, batch[:1])]
-    if len(targets) != len(layers):
-        raise ValueError(f"Expected one target zero fraction per ReLU-fed layer ({len(layers)}), got {len(targets)}.")
-    shifts = []
-    for layer, target in zip(layers, targets, strict=True):
-        (z,) = _layer_outputs(model, batch, [layer])
-        c = bisect_bias_shift(z, target)
-        layer.bias.add_(c)
-        shifts.append(c)
-    return shifts
+LPTargets = Callable[[InitSpec], list[float]]
+"""``targets(lp_init)``: the per-layer zero fractions on the LP batch that
+``lp_init`` (an init ending with an ``lp`` step) reaches, e.g. from a cache."""
 
 
 def initialize(
@@ -293,51 +228,72 @@ def initialize(
     seed: int,
     *,
     lp_margin: float = 0.1,
-    lp_targets: Callable[[float], list[float]] | None = None,
+    lp_targets: LPTargets | None = None,
 ) -> dict:
     """Apply the named init in place to ``model`` (built by ``build_model``).
 
     Args:
-        name: an init name (see the module docstring).
+        name: an init name (``experiments.init_names``).
         model: the network with PyTorch's default init for ``seed``.
-        batch: the LP batch (used by lsuv, lp@, bias_shift@).
+        batch: the LP batch (used by lsuv and the steps).
         seed: the run's seed; seeds the generator of random schemes.
-        lp_margin: margin for ``lp_initialize``.
-        lp_targets: for bias_shift, returns the LP's per-layer zero fractions at
-            a radius for this seed and arch (e.g. from a cache); by default the
-            LP is run on a copy of the model.
+        lp_margin: the margin of ``lp`` steps that give none.
+        lp_targets: for a ``bias_shift`` step, the per-layer zero fractions of
+            the LP it matches; by default that LP is run on a copy of the model.
 
     Returns:
-        A JSON-ready dict of what the init did (LSUV variances, shifts, LP report).
+        A JSON-ready dict of what the init did (LSUV variances, LP report, shifts).
     """
-    scheme, radius = parse_init_name(name)
+    spec = parse_init_name(name)
     generator = torch.Generator().manual_seed(seed)
     info: dict = {}
-    if radius is None:
-        if scheme == "kaiming_normal":
-            kaiming_normal_(model, generator)
-        elif scheme == "xavier_uniform":
-            xavier_uniform_(model, generator)
-        elif scheme == "orthogonal":
-            orthogonal_(model, generator)
-        elif scheme == "lsuv":
-            info["lsuv_variances"] = lsuv_(model, batch, generator)
-        elif scheme == "rai":
-            rai_(model, generator)
-        elif scheme != "default":  # parse_init_name already rejected anything else
-            raise ValueError(f"Unhandled init {name!r}.")
-    elif scheme == "lp":
-        info["lp_report"] = lp_(model, batch, radius, lp_margin)
-    elif scheme == "bias_shift":
-        if lp_targets is None:
-            lp_model = copy.deepcopy(model)
-            lp_(lp_model, batch, radius, lp_margin)
-            targets = relu_zero_fractions(lp_model, batch)
+    if spec.base == "kaiming_normal":
+        kaiming_normal_(model, generator)
+    elif spec.base == "xavier_uniform":
+        xavier_uniform_(model, generator)
+    elif spec.base == "orthogonal":
+        orthogonal_(model, generator)
+    elif spec.base == "lsuv":
+        info["lsuv_variances"] = lsuv_(model, batch, generator)
+    elif spec.base == "rai":
+        rai_(model, generator)
+    elif spec.base != "default":  # parse_init_name already rejected anything else
+        raise ValueError(f"Unhandled base init {spec.base!r}.")
+    for position, step in enumerate(spec.steps):
+        if step.kind == "lp":
+            info["lp_report"] = lp_(model, batch, **lp_options(step, lp_margin))
+        elif step.kind == "quantile_bias":
+            result = quantile_bias_(model, batch, step.number("q", 0.5), rescale=_rescale(step))
+            info["quantile_bias"] = [_change_summary(change) for change, _ in result.layers]
+        elif step.kind == "bias_shift":
+            matched = InitSpec(spec.base, (*spec.steps[:position], Step("lp", step.options)), spec.legacy)
+            if lp_targets is None:
+                lp_model = copy.deepcopy(model)
+                lp_(lp_model, batch, **lp_options(step, lp_margin))
+                targets = relu_zero_fractions(lp_model, batch)
+            else:
+                targets = lp_targets(matched)
+            result = bias_shift_(model, batch, targets, rescale=_rescale(step))
+            info["bias_shift_targets"] = targets
+            info["bias_shifts"] = [shift for _, shift in result.layers]
+            info["bias_shift_reached"] = relu_zero_fractions(model, batch)
         else:
-            targets = lp_targets(radius)
-        info["bias_shift_targets"] = targets
-        info["bias_shifts"] = bias_shift_(model, batch, targets)
-        info["bias_shift_reached"] = relu_zero_fractions(model, batch)
-    else:
-        raise ValueError(f"Unhandled init {name!r}.")
+            raise ValueError(f"Unhandled step {step.kind!r}.")
     return info
+
+
+def _rescale(step: Step) -> str | None:
+    value = step.get("rescale")
+    return None if value is None else str(value)
+
+
+def _change_summary(change) -> dict:
+    """What the report keeps of a ``lpinit.layerwise.LayerChange``."""
+    return {
+        "name": change.name,
+        "zeros_before": change.zeros_before,
+        "zeros_after": change.zeros_after,
+        "elements": change.elements,
+        "preact_rms_before": change.before.rms,
+        "preact_rms_after": change.after.rms,
+    }

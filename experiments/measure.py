@@ -9,10 +9,12 @@ machine, with one torch thread).
 from __future__ import annotations
 
 import json
+import math
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,11 +22,20 @@ from torch import nn
 
 from experiments import stability
 from experiments.data import load_splits, lp_batch
-from experiments.inits import build_model, family, initialize, lp_, parse_init_name, relu_zero_fractions
+from experiments.inits import (
+    InitSpec,
+    LPTargets,
+    build_model,
+    family,
+    initialize,
+    parse_init_name,
+    relu_zero_fractions,
+)
 from experiments.settings import Settings
 from experiments.train import pick_device, train
 from lpinit import count_relu_zeros
 from lpinit.files import write_atomic
+from lpinit.tracing import capture_layer_io, relu_fed_linears
 
 
 @dataclass(frozen=True)
@@ -70,9 +81,14 @@ def zeros_summary(model: nn.Module, data: torch.Tensor, batch_size: int, pattern
     }
 
 
-def lp_targets_path(results_dir: Path, arch: str, seed: int, radius: float, margin: float) -> Path:
-    """Where the LP's per-layer zero fractions for (arch, seed, radius, margin) are kept."""
-    return Path(results_dir) / "lp_targets" / f"{arch}_seed{seed}_r{radius:g}_m{margin:g}.json"
+def lp_targets_path(results_dir: Path, arch: str, seed: int, lp_init: InitSpec, margin: float) -> Path:
+    """Where the per-layer zero fractions that ``lp_init`` (an init ending with
+    an ``lp`` step) reaches for (arch, seed) are kept; the margin is that of
+    ``--lp-margin``, which ``lp`` steps without their own take."""
+    if lp_init.legacy:  # the file names of the first results
+        radius = lp_init.steps[-1].get("radius")
+        return Path(results_dir) / "lp_targets" / f"{arch}_seed{seed}_r{radius:g}_m{margin:g}.json"
+    return Path(results_dir) / "lp_targets" / f"{arch}_seed{seed}_{lp_init}_m{margin:g}.json"
 
 
 def write_lp_targets(path: Path, values: list[float]) -> None:
@@ -87,24 +103,41 @@ def write_lp_targets(path: Path, values: list[float]) -> None:
 
 def _lp_targets_cache(
     results_dir: Path, arch: str, seed: int, margin: float, batch: torch.Tensor, model_factory: Callable[[], nn.Module]
-) -> Callable[[float], list[float]]:
-    """A callable radius -> the LP's per-layer zero fractions on the LP batch.
+) -> LPTargets:
+    """A callable ``lp_init`` -> the per-layer zero fractions it reaches on the LP batch.
 
-    The lp@ run of the same seed/arch writes them to ``lp_targets/``; if it has
-    not yet, the LP is run here (deterministic given the seed) and cached.
+    The run of ``lp_init`` itself (same seed and arch) writes them to
+    ``lp_targets/``; if it has not yet, the LP is run here (deterministic given
+    the seed) and cached.
     """
 
-    def targets(radius: float) -> list[float]:
-        path = lp_targets_path(results_dir, arch, seed, radius, margin)
+    def targets(lp_init: InitSpec) -> list[float]:
+        path = lp_targets_path(results_dir, arch, seed, lp_init, margin)
         if path.is_file():
             return json.loads(path.read_text())
         model = model_factory()
-        lp_(model, batch, radius, margin)
+        initialize(str(lp_init), model, batch, seed, lp_margin=margin)
         values = relu_zero_fractions(model, batch)
         write_lp_targets(path, values)
         return values
 
     return targets
+
+
+def preactivation_summary(model: nn.Module, data: torch.Tensor, batch_size: int) -> dict:
+    """Mean and RMS of each ReLU-fed Linear layer's pre-activations on ``data``:
+    the scale the init leaves, per layer."""
+    layers = relu_fed_linears(model, data[:1])
+    sums = {name: [0.0, 0.0, 0] for name, _ in layers}
+    with torch.no_grad():
+        for chunk in torch.split(data, batch_size):
+            outputs = capture_layer_io(model, [m for _, m in layers], partial(model, chunk), "output")
+            for (name, _), (z, *_) in zip(layers, outputs, strict=True):
+                z = z.double()
+                sums[name][0] += float(z.sum())
+                sums[name][1] += float((z * z).sum())
+                sums[name][2] += z.numel()
+    return {name: {"mean": s / n, "rms": math.sqrt(q / n)} for name, (s, q, n) in sums.items()}
 
 
 def run_one(spec: RunSpec, settings: Settings) -> dict:
@@ -121,15 +154,17 @@ def run_one(spec: RunSpec, settings: Settings) -> dict:
     init_info = initialize(init, model, batch, seed, lp_margin=s.lp_margin, lp_targets=targets)
     init_time = time.perf_counter() - t0
     parsed = parse_init_name(init)
-    if parsed.scheme == "lp" and parsed.radius is not None:
-        path = lp_targets_path(s.results_dir, arch, seed, parsed.radius, s.lp_margin)
+    if parsed.method == "lp":  # the zero fractions its control matches
+        path = lp_targets_path(s.results_dir, arch, seed, parsed, s.lp_margin)
         write_lp_targets(path, relu_zero_fractions(model, batch))
 
     eb = s.eval_batch
+    held = splits.heldout_x if splits.heldout_x is not None else splits.test_x
     at_init = {
         "lp_batch": zeros_summary(model, batch, eb),
         "heldout": zeros_summary(model, splits.heldout_x, eb) if splits.heldout_x is not None else None,
         "test": zeros_summary(model, splits.test_x, eb),
+        "preactivations": preactivation_summary(model, held, eb),
     }
     stab_images = splits.test_x[: s.stability_images]
     stability_rows = _stability_rows(model, stab_images, spec, "init")
@@ -149,6 +184,7 @@ def run_one(spec: RunSpec, settings: Settings) -> dict:
         eval_batch=eb,
     )
     model.to("cpu")
+    trained = zeros_summary(model, held, eb, patterns=False)  # dead units after training, on the same images
     stability_rows += _stability_rows(model, stab_images, spec, "trained")
     final = history[-1]
     return {
@@ -164,6 +200,8 @@ def run_one(spec: RunSpec, settings: Settings) -> dict:
             "test_loss": final["test_loss"],
             "train_loss": final["train_loss"],
             "zero_fraction": final["zero_fraction"],
+            "dead_units": trained["dead_units"],
+            "layers": trained["layers"],
         },
         "stability": stability_rows,
         "device": str(device),

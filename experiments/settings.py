@@ -23,7 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.inits import ARCHS, FIXED_INITS, PARAMETRIC_INITS, VALID_INITS, InitName, parse_init_name
+from experiments.inits import ARCHS, FIXED_INITS, LEGACY_INITS, VALID_INITS, parse_init_name
 from experiments.ledger import folder_lock
 from lpinit.files import write_atomic
 
@@ -43,8 +43,7 @@ BACKENDS = {
 LOCAL_BACKENDS = ("loky", "threading", "multiprocessing")
 """Backends whose workers run on this machine (``--n-jobs`` is capped at its cores)."""
 
-LP_RADII = (0.02, 0.05, 0.1, 0.2)
-ALL_INITS = FIXED_INITS + tuple(str(InitName(scheme, r)) for scheme in PARAMETRIC_INITS for r in LP_RADII)
+ALL_INITS = FIXED_INITS + LEGACY_INITS
 
 
 def _help(text: str, default, **kwargs):

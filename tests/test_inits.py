@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from experiments import inits
-from experiments.inits import InitName, build_model, initialize, parse_init_name
+from experiments.init_names import InitSpec, Step
+from experiments.inits import build_model, initialize, parse_init_name
 from lpinit import count_relu_zeros, mlp
 
 
@@ -65,31 +66,18 @@ def test_rai_has_one_beta_entry_per_neuron(image_batch):
     assert v.max(1).values.mean().item() == pytest.approx(2 / 3, abs=0.05)  # E[Beta(2, 1)]
 
 
-def test_bisect_bias_shift_hits_the_target_fraction():
-    z = torch.arange(100, dtype=torch.float32) - 50.0
-    c = inits.bisect_bias_shift(z, 0.2)
-    assert ((z + c) <= 0).float().mean().item() == pytest.approx(0.2)
-
-
-def test_bias_shift_matches_target_zero_fractions(image_batch):
-    model = build_model("seed", 0)
-    targets = [0.30, 0.20, 0.10, 0.50]
-    shifts = inits.bias_shift_(model, image_batch, targets)
-    assert len(shifts) == 4
-    zeros = count_relu_zeros(model, image_batch, patterns=False)  # independent counter
-    for site, target in zip(zeros.sites, targets, strict=True):
-        assert site.zero_fraction == pytest.approx(target, abs=1.0 / site.elements + 1e-9)
-
-
 def test_init_names_are_parsed_in_one_place(image_batch):
-    with pytest.raises(ValueError, match="Valid inits: default, kaiming_normal"):
+    with pytest.raises(ValueError, match=r"Valid inits: a base \(default, kaiming_normal"):
         initialize("he", build_model("seed", 0), image_batch, 0)
-    for bad in ("lp@-1", "lp@0", "lp@nan", "lp@1e400", "lp@inf", "lp@x", "bias_shift@"):
+    for bad in ("lp@-1", "lp@0"):
         with pytest.raises(ValueError, match="positive, finite radius"):
             parse_init_name(bad)
-    with pytest.raises(ValueError, match="Unknown init 'lsuv@1'"):
+    for bad in ("lp@1e400", "lp@x", "lp@nan", "lp@inf", "bias_shift@"):
+        with pytest.raises(ValueError, match=r"(finite number|a number) for radius"):
+            parse_init_name(bad)
+    with pytest.raises(ValueError, match="only lp@<radius> and bias_shift@<radius> take '@'"):
         parse_init_name("lsuv@1")
-    assert parse_init_name("bias_shift@0.05") == InitName("bias_shift", 0.05) == ("bias_shift", 0.05)
+    assert parse_init_name("bias_shift@0.05") == InitSpec("default", (Step("bias_shift", (("radius", 0.05),)),), True)
     assert str(parse_init_name("lp@0.10")) == "lp@0.1"
     assert inits.control_of("lp@0.10") == "bias_shift@0.1"
     assert inits.control_of("default") is None and inits.control_of("bias_shift@0.1") is None
@@ -131,7 +119,7 @@ class _FakeReport:
         return {"status_counts": {"optimal": 3}}
 
 
-def _fake_lp_initialize(model, batch, *, radius, margin, n_jobs, progress):
+def _fake_lp_initialize(model, batch, *, radius, margin, n_jobs, progress, **options):
     """Stands in for lp_initialize: raises every ReLU-fed bias by a
     layer-dependent amount, so the zero fractions it reaches are known."""
     from lpinit.tracing import relu_fed_linears
@@ -160,10 +148,10 @@ def test_lp_entries_and_bias_shift_plumbing_with_a_stand_in_lp(image_batch, monk
     assert info["bias_shifts"] == pytest.approx([0.1, 0.2, 0.3, 0.4], abs=0.02)  # the fake's own shifts
     # ... and with the runner's cache, computes the targets once and reuses them.
     targets = _lp_targets_cache(tmp_path, "seed", 0, 0.1, batch, lambda: build_model("seed", 0))
-    assert targets(0.1) == pytest.approx(want)
+    assert targets(parse_init_name("lp@0.1")) == pytest.approx(want)
     assert [p.name for p in (tmp_path / "lp_targets").iterdir()] == ["seed_seed0_r0.1_m0.1.json"]  # no temporaries
     monkeypatch.setattr(inits, "lp_initialize", None)  # a second LP call would fail
-    assert targets(0.1) == pytest.approx(want)
+    assert targets(parse_init_name("lp@0.1")) == pytest.approx(want)
 
 
 def test_relu_zero_fractions_match_a_literal_count(image_batch):
@@ -174,3 +162,81 @@ def test_relu_zero_fractions_match_a_literal_count(image_batch):
         h = torch.relu(h @ layer.weight.T + layer.bias)
         expected.append(float((h == 0).sum()) / h.numel())
     assert inits.relu_zero_fractions(model, image_batch) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "name, canonical",
+    [
+        ("kaiming_normal+lp(target=0.8,rescale=unit)", "kaiming_normal+lp(rescale=unit,target=0.8)"),
+        ("default+quantile_bias(rescale=unit, q=0.80)", "default+quantile_bias(q=0.8,rescale=unit)"),
+        ("lsuv+lp(radius=0.1,anchor=mean,rescale=unit)", "lsuv+lp(radius=0.1,rescale=unit,anchor=mean)"),
+        ("default", "default"),
+        ("default+lp()", "default+lp()"),
+    ],
+)
+def test_composed_names_have_one_canonical_spelling(name, canonical):
+    assert str(parse_init_name(name)) == canonical
+    assert str(parse_init_name(canonical)) == canonical
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("he+lp()", "Unknown base init 'he'.*Valid inits"),
+        ("default+lpx(radius=0.1)", "Unknown step 'lpx'.*Valid steps: lp, quantile_bias, bias_shift"),
+        (
+            "default+lp(radus=0.1)",
+            "Unknown option 'radus=0.1'.*Valid keys: radius, margin, rescale, anchor, l1, target",
+        ),
+        ("default+lp(target=1.2)", r"target in \(0, 1\)"),
+        ("default+quantile_bias(rescale=unit)", "needs q"),
+        ("default+quantile_bias(q=0.5,rescale=row)", "Unknown rescale 'row'.*Valid: unit, layer"),
+        ("default+lp(target=0.5,l1=0.1)", "drop l1"),
+        ("default+lp(radius=0.1,radius=0.2)", "given twice"),
+        ("default+lp", "Expected a step like lp"),
+        ("default+lp(anchor=median)", "Unknown anchor 'median'"),
+    ],
+)
+def test_bad_composed_names_list_the_valid_ones(bad, message):
+    with pytest.raises(ValueError, match=message):
+        parse_init_name(bad)
+
+
+def test_composed_names_have_families_and_controls():
+    assert inits.family("kaiming_normal+lp(target=0.8)") == "lp"
+    assert inits.family("default+quantile_bias(q=0.5)") == "quantile_bias"
+    assert inits.family("lsuv") == "data-dependent"
+    assert inits.control_of("kaiming_normal+lp(rescale=unit,target=0.8)") == (
+        "kaiming_normal+bias_shift(rescale=unit,target=0.8)"
+    )
+    assert inits.is_control("default+bias_shift(target=0.3)")
+    assert inits.control_of("default+quantile_bias(q=0.5)") is None
+
+
+def test_composed_steps_apply_in_order_with_lpinit(image_batch):
+    """quantile_bias with rescale: 75% of the batch active per unit, the
+    pre-activation RMS of each unit what the base left (independent recount)."""
+    batch = image_batch[:64]
+    model = build_model("mlp", 2)
+    initialize("kaiming_normal", model, batch, 2)
+    with torch.no_grad():
+        before = model.fc1(batch.flatten(1)).pow(2).mean(0).sqrt()
+    composed = build_model("mlp", 2)
+    info = initialize("kaiming_normal+quantile_bias(q=0.75,rescale=unit)", composed, batch, 2)
+    assert [layer["name"] for layer in info["quantile_bias"]] == ["fc1", "fc2", "fc3"]
+    with torch.no_grad():
+        z = composed.fc1(batch.flatten(1))
+    assert ((z > 0).sum(0) == 48).all()
+    assert torch.allclose(z.pow(2).mean(0).sqrt(), before, rtol=1e-4)
+
+
+def test_a_composed_bias_shift_matches_its_lp(image_batch):
+    """default+bias_shift(k=v) reaches, layer by layer, the zero fractions of default+lp(k=v)."""
+    batch = image_batch[:48]
+    lp = _small_seed_like_mlp()
+    initialize("default+lp(target=0.7,radius=1,rescale=unit)", lp, batch, 0)
+    want = inits.relu_zero_fractions(lp, batch)
+    shift = _small_seed_like_mlp()
+    info = initialize("default+bias_shift(target=0.7,radius=1,rescale=unit)", shift, batch, 0)
+    assert info["bias_shift_targets"] == pytest.approx(want)
+    assert inits.relu_zero_fractions(shift, batch) == pytest.approx(want, abs=1 / 48 + 1e-6)

@@ -35,7 +35,7 @@ BAD_SETTINGS = [
     (["--lrs", "nan"], "Expected positive, finite learning rates in --lrs, got nan."),
     (["--lrs", "0.01,inf"], "Expected positive, finite learning rates in --lrs, got 0.01,inf."),
     (["--inits", ""], "Expected at least one init in --inits, got none."),
-    (["--inits", "default,lp@1e400"], "--inits: Expected a positive, finite radius after '@' in 'lp@1e400'"),
+    (["--inits", "default,lp@1e400"], "--inits: Expected a finite number for radius in 'lp@1e400'"),
     (["--lp-margin", "-1"], "Expected a finite --lp-margin >= 0"),
     (["--lp-margin", "nan"], "Expected a finite --lp-margin >= 0"),
     (["--stability-images", "0"], "Expected --stability-images >= 1, got 0."),
