@@ -45,6 +45,37 @@ LOCAL_BACKENDS = ("loky", "threading", "multiprocessing")
 
 ALL_INITS = FIXED_INITS + LEGACY_INITS
 
+DOSES = (0.1, 0.3, 0.5, 0.7, 0.9, 0.97)
+"""Per-unit activity targets q of the dose preset: from 90% zeros per unit to 3%."""
+DOSE_RADIUS = 3.0
+"""The box of the dose preset's LPs: wide enough that the targets, not the box, decide."""
+
+
+def dose_inits(doses: tuple[float, ...], controls: tuple[float, ...], bases: tuple[str, ...]) -> tuple[str, ...]:
+    """For each base: the bare base, the activity-target LP and ``quantile_bias``
+    at every dose (both rescaled per unit), and the LP's matched ``bias_shift``
+    at the ``controls`` doses."""
+    names: list[str] = []
+    for base in bases:
+        names.append(base)
+        for q in doses:
+            names.append(f"{base}+lp(radius={DOSE_RADIUS:g},rescale=unit,target={q:g})")
+            names.append(f"{base}+quantile_bias(q={q:g},rescale=unit)")
+        for q in controls:
+            names.append(f"{base}+bias_shift(radius={DOSE_RADIUS:g},rescale=unit,target={q:g})")
+    return tuple(names)
+
+
+DEFAULT_CANDIDATES = (
+    "default+lp(rescale=unit)",
+    "default+lp(rescale=unit,anchor=mean)",
+    "default+lp(anchor=mean)",
+)
+"""LP settings at lp_initialize's radius and margin, candidates for its defaults (issue 11)."""
+
+DOSE_INITS = (*dose_inits(DOSES, (0.3, 0.9), ("default", "kaiming_normal")), "lsuv", *DEFAULT_CANDIDATES)
+DOSE_LR_INITS = dose_inits((DOSES[0], DOSES[-1]), (), ("default", "kaiming_normal"))
+
 
 def _help(text: str, default, **kwargs):
     return field(default=default, metadata={"help": text}, **kwargs)
@@ -136,6 +167,15 @@ PRESETS: dict[str, dict] = {
     # unseeded init, so several seeds show where that figure falls.
     "seed": dict(inits=("default",), archs=("seed",), seeds=5, epochs=5, holdout=0),
     "full": dict(inits=ALL_INITS, archs=tuple(ARCHS), seeds=10, epochs=5),
+    # The notebook's question at a fixed scale (issue 11): per-unit activity
+    # targets q, reached by the LP or by a bias only, both rescaled to the
+    # start's pre-activation RMS, from two random starts; 10 seeds at lr 0.01.
+    "dose": dict(inits=DOSE_INITS, archs=tuple(ARCHS), seeds=10, epochs=5, stability_images=64),
+    # Its learning-rate check, into the same folder: the extreme doses at lr
+    # 0.001 and 0.003, 3 seeds.
+    "dose-lr": dict(
+        name="dose", inits=DOSE_LR_INITS, archs=tuple(ARCHS), seeds=3, lrs=(0.001, 0.003), stability_images=64
+    ),
 }
 
 
@@ -148,13 +188,25 @@ def _field_type(f: dataclasses.Field):
     return hints[f.name]
 
 
+def split_top_level(text: str, separator: str = ",") -> list[str]:
+    """``text`` split at the separators outside parentheses:
+    ``"a,b+lp(x=1,y=2)"`` -> ``["a", "b+lp(x=1,y=2)"]``."""
+    parts, depth, start = [], 0, 0
+    for position, char in enumerate(text):
+        depth += (char == "(") - (char == ")")
+        if char == separator and depth == 0:
+            parts.append(text[start:position])
+            start = position + 1
+    return [*parts, text[start:]]
+
+
 def _parser_for(tp):
     """The argparse ``type`` for a field's annotation; comma-separated lists for tuples."""
     if typing.get_origin(tp) is tuple:
         (inner, _) = typing.get_args(tp)
 
         def items(text: str) -> tuple:
-            return tuple(inner(item.strip()) for item in text.split(",") if item.strip())
+            return tuple(inner(item.strip()) for item in split_top_level(text) if item.strip())
 
         items.__name__ = f"comma-separated {inner.__name__}"  # argparse names it in errors
         return items

@@ -7,11 +7,16 @@ input ``H`` on the batch and its parameters ``(W, b)``, and returns new ones.
 Then, with ``rescale``, each unit's new ``(w_j, b_j)`` is multiplied by
 
 .. math::
-    c_j = \\frac{\\mathrm{RMS}_i(H_i w_j + b_j)}{\\mathrm{RMS}_i(H_i w'_j + b'_j)} > 0
+    c_j = \\frac{\\mathrm{RMS}_i(z^0_{ij})}{\\mathrm{RMS}_i(H_i w'_j + b'_j)} > 0
 
-(``"unit"``; ``"layer"``: one ``c`` from the RMS over the whole layer), so that
-the pre-activations on the batch keep the root-mean-square they had before the
-adjustment. A positive factor keeps every sign, so the zeros do not change.
+(``"unit"``; ``"layer"``: one ``c`` from the RMS over the whole layer), where
+``z^0`` are the unit's pre-activations on the batch in the network as it was
+before any layer was changed. So every unit keeps the scale it had at the
+start, whatever the earlier layers did: measured against the weights before
+the change on the *changed* input instead, a change that makes more units
+active would compound from layer to layer (more active units feed larger
+inputs forward). A positive factor keeps every sign, so the zeros do not
+change.
 
 Nothing is written to the model until every layer is done, and only if every
 new parameter is finite in the model's dtype: if anything raises, the model
@@ -83,7 +88,8 @@ class LayerChange:
     samples: int  # rows of H
     zeros_before: int  # pre-activations <= 0, of samples x units
     zeros_after: int
-    before: Preactivations
+    start: Preactivations  # in the network before any layer was changed
+    before: Preactivations  # on this layer's input, before its change
     adjusted: Preactivations  # after the adjustment, before rescaling
     after: Preactivations  # after rescaling (the final parameters)
     rescale_min: float  # smallest and largest rescaling factor c_j (1 without rescaling)
@@ -111,22 +117,19 @@ Adjustment = Callable[[LayerInput], tuple[np.ndarray, np.ndarray, Any]]
 """``adjust(layer) -> (new W, new b, info)``; ``info`` is returned as is."""
 
 
-def rescale_units(
-    H: np.ndarray, W: np.ndarray, b: np.ndarray, W_new: np.ndarray, b_new: np.ndarray, mode: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(c W_new, c b_new, c)``: the new parameters scaled so that their
-    pre-activations on ``H`` have the RMS of ``(W, b)``'s, per unit or per layer
-    (see the module docstring). A unit whose new pre-activations are all 0
+def rescale_factors(Z_start: np.ndarray, Z_new: np.ndarray, mode: str) -> np.ndarray:
+    """``c`` (one per unit, the columns of the pre-activations): the factors
+    that give ``Z_new`` the RMS of ``Z_start``, per unit or for the whole layer
+    (module docstring). A unit whose new or start pre-activations are all 0
     keeps ``c = 1``."""
     check_choice(mode, RESCALE_MODES, "rescale")
-    Z, Z_new = H @ W.T + b, H @ W_new.T + b_new
     if mode == "unit":
-        old, new = np.sqrt((Z**2).mean(axis=0)), np.sqrt((Z_new**2).mean(axis=0))
+        start, new = np.sqrt((Z_start**2).mean(axis=0)), np.sqrt((Z_new**2).mean(axis=0))
     else:
-        old, new = np.full(W.shape[0], np.sqrt((Z**2).mean())), np.full(W.shape[0], np.sqrt((Z_new**2).mean()))
-    c = np.divide(old, new, out=np.ones_like(new), where=new > 0)
-    c = np.where(c > 0, c, 1.0)  # a unit that was all 0 before: leave its new scale
-    return W_new * c[:, None], b_new * c, c
+        units = Z_new.shape[1]
+        start, new = np.full(units, np.sqrt((Z_start**2).mean())), np.full(units, np.sqrt((Z_new**2).mean()))
+    c = np.divide(start, new, out=np.ones_like(new), where=new > 0)
+    return np.where(c > 0, c, 1.0)
 
 
 def adjust_layerwise(
@@ -157,12 +160,15 @@ def adjust_layerwise(
         chosen = _select_layers(model, batch, layers, caller)
         _refuse_shared_parameters(model, chosen, caller)
         zeros_before = count_relu_zeros(model, batch, batch.shape[0], patterns=False)
+        start = _start_preactivations(model, batch, chosen)
         params: dict[str, Any] = dict(model.named_parameters())
         new_params: dict[str, torch.Tensor] = {}
         for position, (name, layer) in enumerate(chosen):
             earlier = ", ".join(n for n, _ in chosen[:position])
             context = f"{caller} (after changing {earlier})" if earlier else caller
-            change, info, updates = _adjust_layer(model, params, batch, name, layer, adjust, rescale, context)
+            change, info, updates = _adjust_layer(
+                model, params, batch, name, layer, adjust, rescale, start[name], context
+            )
             params = {**params, **updates}
             new_params.update(updates)
             results.append((change, info))
@@ -181,6 +187,7 @@ def _adjust_layer(
     layer: nn.Linear,
     adjust: Adjustment,
     rescale: str | None,
+    Z_start: np.ndarray,
     caller: str,
 ) -> tuple[LayerChange, Any, dict[str, torch.Tensor]]:
     prefix = f"{name}." if name else ""
@@ -198,7 +205,8 @@ def _adjust_layer(
     adjusted = H @ W_new.T + b_new
     factors = np.ones(W.shape[0])
     if rescale is not None:
-        W_new, b_new, factors = rescale_units(H, W, b, W_new, b_new, rescale)
+        factors = rescale_factors(Z_start, adjusted, rescale)
+        W_new, b_new = W_new * factors[:, None], b_new * factors
     Z_new = H @ W_new.T + b_new
     _check_finite_result(W_new, b_new, Z_new, weight.dtype, name, caller)
 
@@ -211,6 +219,7 @@ def _adjust_layer(
         samples=H.shape[0],
         zeros_before=int((Z <= 0).sum()),
         zeros_after=int((Z_new <= 0).sum()),
+        start=Preactivations.of(Z_start),
         before=Preactivations.of(Z),
         adjusted=Preactivations.of(adjusted),
         after=Preactivations.of(Z_new),
@@ -223,6 +232,18 @@ def _adjust_layer(
     if bias is not None:
         updates[prefix + "bias"] = torch.as_tensor(b_new).to(bias)
     return measured, info, updates
+
+
+def _start_preactivations(
+    model: nn.Module, batch: torch.Tensor, chosen: list[tuple[str, nn.Linear]]
+) -> dict[str, np.ndarray]:
+    """Each chosen layer's pre-activations on the batch before any change,
+    (rows, units): what rescaling gives back its scale."""
+    outputs = capture_layer_io(model, [layer for _, layer in chosen], lambda: model(batch), "output")
+    return {
+        name: calls[0].double().cpu().numpy().reshape(-1, layer.out_features)
+        for (name, layer), calls in zip(chosen, outputs, strict=True)
+    }
 
 
 def _layer_input(model: nn.Module, params: dict[str, Any], batch: torch.Tensor, layer: nn.Linear) -> torch.Tensor:

@@ -275,8 +275,8 @@ def test_bias_shift_matches_the_zero_fraction_of_each_layer(rescale, mnist_train
     fractions = [change.zeros_after / change.elements for change, _ in result.layers]
     assert fractions == pytest.approx([0.2, 0.9], abs=1 / 400)
     for change, _ in result.layers:
-        if rescale:
-            assert change.after.rms == pytest.approx(change.before.rms, rel=1e-5)
+        if rescale:  # each layer's scale as it was at the start, whatever the earlier layers did
+            assert change.after.rms == pytest.approx(change.start.rms, rel=1e-5)
 
 
 def snapshot(model):
@@ -332,3 +332,23 @@ def test_tiny_matrix_entries_are_not_a_solver_failure():
             H, W, b, weight_bound=0.1, bias_bound=0.1, margin=0.1, anchor=True, n_jobs=1, solver=solver
         )
         assert solution.status_counts() == {"optimal": 3}
+
+
+def test_rescale_holds_every_layers_start_scale_through_the_network(mnist_train):
+    """With activity targets that make most units active, the later layers'
+    inputs grow; rescaling holds each unit at the RMS it had at the start."""
+    images, _ = mnist_train
+    batch = images[:64]
+    torch.manual_seed(12)
+    start = mlp([784, 32, 16, 10], final_relu=True)
+    changed = mlp([784, 32, 16, 10], final_relu=True)
+    changed.load_state_dict(start.state_dict())
+    quantile_bias_(changed, batch, 0.9, rescale="unit")
+    x = batch.flatten(1)
+    with torch.no_grad():
+        h0, h1 = x, x
+        for name in ("fc1", "fc2", "fc3"):
+            z0, z1 = getattr(start, name)(h0), getattr(changed, name)(h1)
+            np.testing.assert_allclose(z1.pow(2).mean(0).sqrt(), z0.pow(2).mean(0).sqrt(), rtol=1e-4)
+            assert ((z1 > 0).sum(0) == 58).all()  # ceil(0.9 * 64) active, unit by unit
+            h0, h1 = torch.relu(z0), torch.relu(z1)

@@ -99,3 +99,10 @@ def test_rerun_with_other_seeds_keeps_settings_json_true(tmp_path):
     ):
         record_settings(resolve("quick", {**base, "first_seed": 5, "seeds": 1}))
     assert (_recorded(tmp_path)["first_seed"], _recorded(tmp_path)["seeds"]) == (0, 4)  # refused: unchanged
+
+
+def test_inits_with_options_split_at_top_level_commas_only():
+    from experiments.settings import parse_settings
+
+    settings = parse_settings(["--inits", "default,kaiming_normal+lp(radius=3,rescale=unit,target=0.9),lsuv"])
+    assert settings.inits == ("default", "kaiming_normal+lp(radius=3,rescale=unit,target=0.9)", "lsuv")
