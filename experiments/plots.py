@@ -191,3 +191,106 @@ def all_plots(records, folder: Path) -> list[Path]:
         zeros_per_layer_at_init(records, folder / "zeros_per_layer_at_init.png"),
         zeros_during_training(records, folder / "zeros_during_training.png"),
     ]
+
+
+# ---------------------------------------------------------------- the dose preset
+
+_BASE_COLORS = {"default": ("tab:blue", "tab:cyan"), "kaiming_normal": ("tab:red", "tab:orange")}
+_METHOD_STYLE = {"lp": ("o", "-"), "quantile_bias": ("s", "--"), "bias_shift": ("^", "none")}
+_METHOD_LABEL = {
+    "lp": "LP (activity target)",
+    "quantile_bias": "quantile bias",
+    "bias_shift": "bias shift (LP's control)",
+}
+_METRIC_LABEL = {"accuracy": "final test accuracy (%)", "loss": "final test loss (cross-entropy)"}
+
+
+def dose_response(points, path: Path, metric: str = "accuracy", lrs=None) -> Path:
+    """Final ``metric`` (mean and 95% CI over seeds) against the measured
+    initial zero fraction, a panel per (lr, arch): one line per method and
+    base through its doses, the bare bases and LSUV as reference lines."""
+    lrs = sorted({p.lr for p in points}) if lrs is None else list(lrs)
+    archs = sorted({p.arch for p in points})
+    fig, axes = plt.subplots(len(lrs), len(archs), figsize=(7.2 * len(archs), 4.6 * len(lrs)), squeeze=False)
+    for row, lr in enumerate(lrs):
+        for col, arch in enumerate(archs):
+            ax = axes[row][col]
+            cell = [p for p in points if p.lr == lr and p.arch == arch]
+            _reference_lines(ax, cell, metric)
+            for base in sorted({p.base for p in cell if p.base in _BASE_COLORS}):
+                for method, (marker, line) in _METHOD_STYLE.items():
+                    curve = sorted(
+                        (p for p in cell if p.base == base and p.method == method), key=lambda p: p.zeros["mean"]
+                    )
+                    if not curve:
+                        continue
+                    color = _BASE_COLORS[base][0 if method != "quantile_bias" else 1]
+                    y = [getattr(p, metric) for p in curve]
+                    ax.errorbar(
+                        [p.zeros["mean"] for p in curve],
+                        [d["mean"] for d in y],
+                        yerr=_half_widths(y),
+                        color=color,
+                        marker=marker,
+                        linestyle=line,
+                        capsize=3,
+                        label=f"{base} + {_METHOD_LABEL[method]}",
+                    )
+            n = max((getattr(p, metric)["n"] for p in cell), default=0)
+            ax.set(
+                title=f"arch={arch}, lr={lr:g} (mean, 95% CI over up to {n} seeds)",
+                xlabel="ReLU-zero fraction at init (held-out images, fraction of unit x sample)",
+                ylabel=_METRIC_LABEL[metric],
+            )
+            ax.grid(alpha=0.3)
+        axes[row][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return _save(fig, path)
+
+
+def _half_widths(described: list[dict]) -> np.ndarray:
+    low = np.array([d["mean"] - d["ci_low"] if d["n"] > 1 else 0.0 for d in described])
+    high = np.array([d["ci_high"] - d["mean"] if d["n"] > 1 else 0.0 for d in described])
+    return np.vstack([low, high])
+
+
+def _reference_lines(ax, cell, metric: str) -> None:
+    """Bare bases (and LSUV): a horizontal line at their mean, a band for its CI, a dot at their zeros."""
+    for p in cell:
+        if p.method != "bare":
+            continue
+        color = _BASE_COLORS.get(p.base, ("tab:gray",))[0]
+        value = getattr(p, metric)
+        style = "-." if p.base in _BASE_COLORS else ":"
+        ax.axhline(value["mean"], color=color, linestyle=style, linewidth=1, label=f"{p.base} (bare)")
+        if value["n"] > 1:
+            ax.axhspan(value["ci_low"], value["ci_high"], color=color, alpha=0.08)
+        ax.plot([p.zeros["mean"]], [value["mean"]], marker="D", color=color, markersize=6)
+
+
+def dose_fits(fits, path: Path) -> Path:
+    """The quadratic dose-response fits with their 95% bootstrap bands and
+    fitted maxima, a panel per (lr, arch)."""
+    cells = sorted({(f.lr, f.arch) for f in fits})
+    fig, axes = plt.subplots(1, len(cells), figsize=(6.5 * len(cells), 4.5), squeeze=False)
+    for ax, (lr, arch) in zip(axes[0], cells, strict=True):
+        for fit in (f for f in fits if (f.lr, f.arch) == (lr, arch)):
+            color = _BASE_COLORS.get(fit.base, ("tab:gray", "tab:gray"))[0 if fit.method == "lp" else 1]
+            line = _METHOD_STYLE[fit.method][1]
+            ax.plot(
+                fit.grid,
+                fit.fitted(fit.grid),
+                color=color,
+                linestyle=line,
+                label=f"{fit.base} + {_METHOD_LABEL[fit.method]}",
+            )
+            ax.fill_between(fit.grid, fit.band_low, fit.band_high, color=color, alpha=0.12)
+            spread = [[fit.best_zeros - fit.best_low], [fit.best_high - fit.best_zeros]]
+            ax.errorbar([fit.best_zeros], [fit.best_accuracy], xerr=spread, color=color, marker="*", capsize=3)
+        ax.set(
+            title=f"arch={arch}, lr={lr:g}: quadratic fit, 95% bootstrap band; * = fitted maximum",
+            xlabel="ReLU-zero fraction at init (held-out images)",
+            ylabel="final test accuracy (%)",
+        )
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return _save(fig, path)

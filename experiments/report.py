@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from experiments import plots
+from experiments.dose import is_dose_folder
+from experiments.dose_report import dose_sections
 from experiments.ledger import read_lines
 from experiments.settings import load_settings
 from experiments.stability import IDENTITY_RTOL
@@ -166,6 +168,8 @@ def build_report(results_dir: Path) -> Path:
         raise ValueError(f"No finished runs in {results_dir / 'runs.jsonl'}; run experiments.compare first.")
     rows = group_summary(records)
     write_summary_csv(rows, results_dir / "summary.csv")
+    if is_dose_folder(records):
+        return _build_dose_report(results_dir, settings, records)
     pngs = plots.all_plots(records, results_dir)
 
     corrs = zero_accuracy_correlations(records, n_boot=settings.get("n_boot", 2000))
@@ -291,6 +295,46 @@ def build_report(results_dir: Path) -> Path:
     lines += _lp_status_lines(records)
     lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     lines += _stability_lines(records, results_dir)
+    lines += _timing_lines(records)
+    path = results_dir / "report.md"
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _build_dose_report(results_dir: Path, settings: dict, records: list[dict]) -> Path:
+    """The report of a dose folder: the notebook's question at a fixed scale."""
+    answer, body = dose_sections(records, results_dir, n_boot=min(settings.get("n_boot", 2000), 1000))
+    lrs = sorted({r["lr"] for r in records})
+    seeds = max(Counter((r["arch"], r["init"], r["lr"]) for r in records).values())
+    lines = [f"# The notebook's question at a fixed scale: `{settings['name']}`", ""]
+    lines += [
+        "## Question",
+        "",
+        "With the scale of every layer held fixed, how does final accuracy depend on the initial ReLU-zero "
+        "fraction, and does an LP that chooses *which* pre-activations are positive do better than a bias that "
+        "only shifts them? Each unit is set active on a fraction q of the LP batch (the dose), by the LP "
+        "(`+lp(target=q, rescale=unit)`) or by its bias (`+quantile_bias(q, rescale=unit)`), from a random "
+        "start; `rescale=unit` gives every unit back the pre-activation RMS it had at the start.",
+        "",
+        "## Answer",
+        "",
+        *answer,
+        "",
+        "## Setup",
+        "",
+        f"- {len(records)} finished runs: {len({r['init'] for r in records})} inits, architectures "
+        f"{sorted({r['arch'] for r in records})}, learning rates {lrs}, up to {seeds} seeds per cell.",
+        f"- Training: SGD, batch {settings['batch_size']}, {settings['epochs']} epochs, cross-entropy, on "
+        f"{60_000 - settings.get('holdout', 0):,} MNIST training images; the data order, the random start and "
+        "the LP batch depend on the seed only, so runs with the same seed are paired across inits.",
+        f"- The LP batch: {settings['lp_batch']} training images; zeros are measured on the "
+        f"{settings.get('holdout', 0):,} held-out training images; accuracy and loss on the 10,000 test images.",
+        "- Settings: `settings.json`; raw results: `runs.jsonl`; this file is rebuilt by "
+        f"`python -m experiments.report {_shown_path(results_dir)}`.",
+        "",
+        *body,
+    ]
+    lines += _lp_status_lines(records)
     lines += _timing_lines(records)
     path = results_dir / "report.md"
     write_atomic(path, "\n".join(lines) + "\n")
