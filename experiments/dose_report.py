@@ -233,7 +233,7 @@ def _candidates(runs: list[DoseRun]) -> list[str]:
     for init in sorted({r.init for r in runs if r.method == "other"}):
         for arch in sorted({r.arch for r in runs}):
             mine = [r for r in runs if (r.init, r.arch, r.lr) == (init, arch, MAIN_LR)]
-            base = mine[0].base if mine else None
+            base = mine[0].base if mine else ""
             diffs = [
                 r.accuracy - index[(arch, MAIN_LR, base, r.seed)].accuracy
                 for r in mine
