@@ -1,22 +1,18 @@
-r"""The per-unit LPs of ``lp_initialize``, written out once; their statuses
+"""The per-unit LPs of ``lp_initialize``, written out once; their statuses
 and solution; and the reduction that the fast path solves.
 
 The LP
 ------
 For one layer (weights ``W``: k x d_in, bias ``b``: k) and its input ``H`` on
 a batch (n x d_in), unit j has pre-activations ``z = H w_j + b_j`` and gets
-a change ``(d, e)`` of its weights and bias from
+a change ``(d, e)`` of its weights and bias from this LP::
 
-.. math::
-    \min_{d, e, s \ge 0}\; C \sum_i s_i
-        + \lambda \Big(\sum_k \frac{|d_k|}{\rho_w} + \frac{|e|}{\rho_b}\Big)
-    \quad\text{s.t.}\quad
-    \begin{cases}
-      z_i + H_i d + e + s_i \ge m,  & i \in A_j \text{ (to be active)} \\
-      z_i + H_i d + e - s_i \le -m, & i \in I_j \text{ (to be inactive)}
-    \end{cases}
-    \qquad \|d\|_\infty \le \rho_w,\; |e| \le \rho_b,
-    \qquad [\bar h \cdot d + e = 0]
+    minimize    C sum_i s_i + lambda (sum_k |d_k| / rho_w + |e| / rho_b)
+    over        d (d_in numbers), e, s_1 ... s_n >= 0
+    subject to  z_i + H_i . d + e + s_i >= m     for i in A_j (rows to be active)
+                z_i + H_i . d + e - s_i <= -m    for i in I_j (rows to be inactive)
+                |d_k| <= rho_w,  |e| <= rho_b
+                hbar . d + e = 0                 (anchor="mean" only)
 
 where ``s_i`` is how far row i misses its side of the margin ``m``. The options
 of ``lp_initialize`` pick the terms:
