@@ -23,7 +23,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:  # torch and the library are imported in main, so that a
     from torch import nn  # Ctrl-C during their slow import is handled there too
@@ -46,7 +46,7 @@ FLAGS = {
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage too; one line is enough
+    def error(self, message: str) -> NoReturn:  # argparse prints usage too; one line is enough
         self.exit(2, f"{PROG}: error: {message} (see --help)\n")
 
 
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags, with the LP's options also checked against each other, so that
     a bad combination exits 2 before any data is loaded."""
     from lpinit.validation import check_lp_options
@@ -286,7 +286,7 @@ def lp_processes(model: nn.Module, jobs: int, solver: str) -> int:
     return max(1, min(jobs, widest // MIN_UNITS_PER_PROCESS))
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         with warnings.catch_warnings():

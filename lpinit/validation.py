@@ -7,6 +7,7 @@ and how to fix it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,7 +31,7 @@ class DataIntegrityError(LPInitError):
     """A bundled data file is missing or does not match its checksum."""
 
 
-def check_data_tensor(data, name: str = "data", min_dim: int = 1) -> torch.Tensor:
+def check_data_tensor(data: Any, name: str = "data", min_dim: int = 1) -> torch.Tensor:
     """Return ``data`` if it is a non-empty, finite, floating tensor of samples
     with at least ``min_dim`` dimensions (samples first), holding values.
 
@@ -75,7 +76,7 @@ def check_data_tensor(data, name: str = "data", min_dim: int = 1) -> torch.Tenso
     return data
 
 
-def check_model(model, name: str = "model") -> nn.Module:
+def check_model(model: Any, name: str = "model") -> nn.Module:
     """Return ``model`` if it is an ``nn.Module``."""
     from torch import nn
 
@@ -87,7 +88,7 @@ def check_model(model, name: str = "model") -> nn.Module:
     return model
 
 
-def check_choice(value, choices, name: str):
+def check_choice(value: Any, choices: Sequence[Any], name: str) -> Any:
     """Return ``value`` if it is one of ``choices``; otherwise list the valid ones."""
     if value not in choices:
         valid = ", ".join(repr(c) for c in choices)
@@ -95,14 +96,14 @@ def check_choice(value, choices, name: str):
     return value
 
 
-def _as_number(value, name: str, what: str) -> float:
+def _as_number(value: Any, name: str, what: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"Expected {name} to be {what}, got {value!r}.") from None
 
 
-def check_finite(value, name: str) -> float:
+def check_finite(value: Any, name: str) -> float:
     """Return ``value`` as a float if it is a finite number."""
     number = _as_number(value, name, "a number")
     if not math.isfinite(number):
@@ -110,7 +111,7 @@ def check_finite(value, name: str) -> float:
     return number
 
 
-def check_non_negative(value, name: str) -> float:
+def check_non_negative(value: Any, name: str) -> float:
     """Return ``value`` as a float if it is a finite number >= 0."""
     number = _as_number(value, name, "a number >= 0")
     if not number >= 0 or number == float("inf"):
@@ -118,7 +119,7 @@ def check_non_negative(value, name: str) -> float:
     return number
 
 
-def run_model(model: nn.Module, batch: torch.Tensor):
+def run_model(model: nn.Module, batch: torch.Tensor) -> Any:
     """``model(batch)``, with a shape or dtype mismatch turned into a ValueError
     that names the batch's shape and the features the model expects."""
     from torch import nn
