@@ -1,17 +1,24 @@
 """Adjust a network layer by layer on a batch: the driver shared by
 ``lp_initialize`` and the closed-form controls (``lpinit.controls``).
 
-For each layer whose output goes straight into a ReLU, in forward order and
-with every earlier layer already adjusted, an adjustment sees the layer's
-input ``H`` on the batch and its parameters ``(W, b)``, and returns new ones.
+For each ``nn.Linear`` or ``nn.Conv2d`` (``groups=1``) whose output goes
+straight into a ReLU, in forward order and with every earlier layer already
+adjusted, an adjustment sees the layer as rows (``lpinit.layer_rows``: a
+Linear's input rows, a Conv2d's input patches, one per sample and output
+position), its parameters ``(W, b)`` and its pre-activations ``Z`` on every
+row, and returns new parameters. With ``max_rows``, the adjustment's matrix
+``H`` holds a seeded sample of ``max_rows`` of the rows
+(``lpinit.layer_rows.choose_rows``); everything the driver measures (zeros,
+pre-activation statistics, rescaling) is over every row of the batch.
+
 Then, with ``rescale``, each unit's new ``(w_j, b_j)`` is multiplied by
 
 .. math::
     c_j = \\frac{\\mathrm{RMS}_i(H_i w_j + b_j)}{\\mathrm{RMS}_i(H_i w'_j + b'_j)} > 0
 
-(``"unit"``; ``"layer"``: one ``c`` from the RMS over the whole layer), so that
-the pre-activations on the batch keep the root-mean-square they had before the
-adjustment. A positive factor keeps every sign, so the zeros do not change.
+(``"unit"``; ``"layer"``: one ``c`` from the RMS over the whole layer; ``i``
+over every row), so that the pre-activations on the batch keep the
+root-mean-square they had before the adjustment. A positive factor keeps every sign, so the zeros do not change.
 
 Nothing is written to the model until every layer is done, and only if every
 new parameter is finite in the model's dtype: if anything raises, the model
@@ -31,8 +38,9 @@ from torch import nn
 from torch.func import functional_call
 
 from lpinit.counting import count_relu_zeros
-from lpinit.tracing import capture_layer_io, eval_mode, relu_fed_linears
-from lpinit.validation import check_choice, check_data_tensor, check_model, run_model
+from lpinit.layer_rows import LayerRows, check_conv, choose_rows, layer_rows
+from lpinit.tracing import capture_layer_io, eval_mode, relu_fed_layers
+from lpinit.validation import check_choice, check_data_tensor, check_max_rows, check_model, check_seed, run_model
 
 RESCALE_MODES = ("unit", "layer")
 
@@ -44,20 +52,24 @@ tolerances of 1e-7, so the data must sit well inside that range."""
 
 @dataclass(frozen=True)
 class LayerInput:
-    """What an adjustment sees of one layer: its input on the batch and its
-    parameters, all float64 numpy arrays (``b`` is zeros for a layer without
-    bias)."""
+    """What an adjustment sees of one layer: its rows on the batch (all, or a
+    seeded sample of ``max_rows``) and its parameters, all float64 numpy
+    arrays (``b`` is zeros for a layer without bias; a Conv2d's kernel is
+    reshaped to (out_channels, in_channels * kh * kw)), and its
+    pre-activations on every row."""
 
     name: str
     module: nn.Module
-    H: np.ndarray  # (n, d_in)
+    H: np.ndarray  # (n, d_in): the rows for the adjustment
     W: np.ndarray  # (k, d_in)
     b: np.ndarray  # (k,)
     has_bias: bool
+    Z_all: np.ndarray  # (rows, k): pre-activations on every row of the batch
+    rows: LayerRows  # every row; rows.preactivations(W, b) for other parameters
 
     @property
     def Z(self) -> np.ndarray:
-        """The pre-activations on the batch, (n, k)."""
+        """The pre-activations on the rows of ``H``, (n, k)."""
         return self.H @ self.W.T + self.b
 
 
@@ -78,10 +90,12 @@ class LayerChange:
     """One layer's adjustment, as the driver measured it on the batch."""
 
     name: str
-    in_features: int
-    out_features: int
-    samples: int  # rows of H
-    zeros_before: int  # pre-activations <= 0, of samples x units
+    in_features: int  # d_in: columns of H (a Conv2d: in_channels * kh * kw)
+    out_features: int  # units (a Conv2d: output channels)
+    samples: int  # of the batch
+    rows: int  # every row of the batch: samples (x output positions, for a Conv2d)
+    adjusted_rows: int  # rows the adjustment saw: rows, or max_rows of them
+    zeros_before: int  # pre-activations <= 0, of rows x units
     zeros_after: int
     before: Preactivations
     adjusted: Preactivations  # after the adjustment, before rescaling
@@ -93,7 +107,7 @@ class LayerChange:
 
     @property
     def elements(self) -> int:
-        return self.samples * self.out_features
+        return self.rows * self.out_features
 
 
 @dataclass(frozen=True)
@@ -112,18 +126,18 @@ Adjustment = Callable[[LayerInput], tuple[np.ndarray, np.ndarray, Any]]
 
 
 def rescale_units(
-    H: np.ndarray, W: np.ndarray, b: np.ndarray, W_new: np.ndarray, b_new: np.ndarray, mode: str
+    Z: np.ndarray, Z_new: np.ndarray, W_new: np.ndarray, b_new: np.ndarray, mode: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(c W_new, c b_new, c)``: the new parameters scaled so that their
-    pre-activations on ``H`` have the RMS of ``(W, b)``'s, per unit or per layer
-    (see the module docstring). A unit whose new pre-activations are all 0
-    keeps ``c = 1``."""
+    pre-activations (``Z_new``, rows x units) have the RMS of the old ones
+    (``Z``), per unit or per layer (see the module docstring). A unit whose
+    new pre-activations are all 0 keeps ``c = 1``."""
     check_choice(mode, RESCALE_MODES, "rescale")
-    Z, Z_new = H @ W.T + b, H @ W_new.T + b_new
     if mode == "unit":
         old, new = np.sqrt((Z**2).mean(axis=0)), np.sqrt((Z_new**2).mean(axis=0))
     else:
-        old, new = np.full(W.shape[0], np.sqrt((Z**2).mean())), np.full(W.shape[0], np.sqrt((Z_new**2).mean()))
+        units = W_new.shape[0]
+        old, new = np.full(units, np.sqrt((Z**2).mean())), np.full(units, np.sqrt((Z_new**2).mean()))
     c = np.divide(old, new, out=np.ones_like(new), where=new > 0)
     c = np.where(c > 0, c, 1.0)  # a unit that was all 0 before: leave its new scale
     return W_new * c[:, None], b_new * c, c
@@ -136,14 +150,20 @@ def adjust_layerwise(
     *,
     layers: Sequence[str] | None = None,
     rescale: str | None = None,
+    max_rows: int | None = None,
+    row_seed: int = 0,
     caller: str = "lp_initialize",
 ) -> LayerwiseResult:
     """Run ``adjust`` on every chosen ReLU-fed layer of ``model`` in forward
-    order, rescale, check, and write the new parameters (module docstring)."""
+    order, rescale, check, and write the new parameters (module docstring).
+    ``max_rows`` (``None``: all) caps the rows of each layer's ``H``, drawn
+    with ``row_seed``."""
     check_model(model)
     check_data_tensor(batch, "batch", min_dim=2)
     if rescale is not None:
         check_choice(rescale, RESCALE_MODES, "rescale")
+    max_rows = check_max_rows(max_rows)
+    row_seed = check_seed(row_seed, "row_seed")
     reference = next(model.parameters(), None)
     if reference is not None and reference.is_meta:
         raise ValueError(
@@ -162,7 +182,8 @@ def adjust_layerwise(
         for position, (name, layer) in enumerate(chosen):
             earlier = ", ".join(n for n, _ in chosen[:position])
             context = f"{caller} (after changing {earlier})" if earlier else caller
-            change, info, updates = _adjust_layer(model, params, batch, name, layer, adjust, rescale, context)
+            sampling = (max_rows, row_seed)
+            change, info, updates = _adjust_layer(model, params, batch, name, layer, adjust, rescale, sampling, context)
             params = {**params, **updates}
             new_params.update(updates)
             results.append((change, info))
@@ -178,28 +199,32 @@ def _adjust_layer(
     params: dict[str, Any],
     batch: torch.Tensor,
     name: str,
-    layer: nn.Linear,
+    layer: nn.Module,
     adjust: Adjustment,
     rescale: str | None,
+    sampling: tuple[int | None, int],
     caller: str,
 ) -> tuple[LayerChange, Any, dict[str, torch.Tensor]]:
     prefix = f"{name}." if name else ""
     weight = params[prefix + "weight"]
     bias = params.get(prefix + "bias") if layer.bias is not None else None
-    H = _layer_input(model, params, batch, layer).double().cpu().numpy()
+    rows = layer_rows(layer, _layer_input(model, params, batch, layer))
+    chosen_rows = choose_rows(rows.count, sampling[0], sampling[1], name)
+    H = rows.take(chosen_rows)
     _check_lp_scale(H, name, "input", caller)
-    W = weight.double().cpu().numpy()
+    W = weight.double().cpu().numpy().reshape(weight.shape[0], -1)
     b = bias.double().cpu().numpy() if bias is not None else np.zeros(W.shape[0])
-    view = LayerInput(name, layer, H, W, b, bias is not None)
-    Z = view.Z
+    Z = rows.preactivations(W, b)
     _check_lp_scale(Z, name, "pre-activations", caller)
+    view = LayerInput(name, layer, H, W, b, bias is not None, Z, rows)
 
     W_new, b_new, info = adjust(view)
-    adjusted = H @ W_new.T + b_new
+    adjusted = rows.preactivations(W_new, b_new)
     factors = np.ones(W.shape[0])
+    Z_new = adjusted
     if rescale is not None:
-        W_new, b_new, factors = rescale_units(H, W, b, W_new, b_new, rescale)
-    Z_new = H @ W_new.T + b_new
+        W_new, b_new, factors = rescale_units(Z, adjusted, W_new, b_new, rescale)
+        Z_new = rows.preactivations(W_new, b_new)
     _check_finite_result(W_new, b_new, Z_new, weight.dtype, name, caller)
 
     change = math.sqrt(((W_new - W) ** 2).sum() + ((b_new - b) ** 2).sum())
@@ -208,7 +233,9 @@ def _adjust_layer(
         name=name,
         in_features=W.shape[1],
         out_features=W.shape[0],
-        samples=H.shape[0],
+        samples=rows.samples,
+        rows=rows.count,
+        adjusted_rows=H.shape[0],
         zeros_before=int((Z <= 0).sum()),
         zeros_after=int((Z_new <= 0).sum()),
         before=Preactivations.of(Z),
@@ -219,58 +246,67 @@ def _adjust_layer(
         max_abs_weight_change=float(np.abs(W_new - W).max(initial=0.0)),
         relative_change=change / scale if scale > 0 else float("nan"),
     )
-    updates = {prefix + "weight": torch.as_tensor(W_new).to(weight)}
+    updates = {prefix + "weight": torch.as_tensor(W_new.reshape(weight.shape)).to(weight)}
     if bias is not None:
         updates[prefix + "bias"] = torch.as_tensor(b_new).to(bias)
     return measured, info, updates
 
 
-def _layer_input(model: nn.Module, params: dict[str, Any], batch: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+def _layer_input(model: nn.Module, params: dict[str, Any], batch: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """The input of ``layer`` when ``model`` runs on ``batch`` with ``params``."""
     (captured,) = capture_layer_io(model, [layer], lambda: functional_call(model, params, (batch,)), "input")
     if len(captured) != 1:
         raise ValueError(
-            f"Expected each ReLU-fed Linear layer to run once per forward pass, but one ran "
+            f"Expected each ReLU-fed layer to run once per forward pass, but one ran "
             f"{len(captured)} times. Restrict `layers=` to layers applied once."
         )
-    return captured[0].reshape(-1, layer.in_features)
+    return captured[0]
 
 
 def _select_layers(
     model: nn.Module, batch: torch.Tensor, layers: Sequence[str] | None, caller: str
-) -> list[tuple[str, nn.Linear]]:
-    found = relu_fed_linears(model, batch)
+) -> list[tuple[str, nn.Module]]:
+    found = relu_fed_layers(model, batch)
     if not found:
         raise ValueError(
-            f"Expected a model with at least one nn.Linear whose output goes straight into a "
+            f"Expected a model with at least one nn.Linear or nn.Conv2d whose output goes straight into a "
             f"ReLU, got a {type(model).__name__} with none. {caller} adjusts such "
-            "layers only; add a ReLU after a Linear layer."
+            "layers only; add a ReLU after a Linear or Conv2d layer."
         )
     valid = [name for name, _ in found]
     if layers is None:
-        return found
-    if isinstance(layers, str):
-        layers = [layers]
-    if not isinstance(layers, (list, tuple)) or not all(isinstance(name, str) for name in layers):
-        raise TypeError(
-            f"Expected layers to be a list of layer names (str), got {layers!r}. "
-            f"Layers that feed a ReLU: {', '.join(valid)}."
-        )
-    if not layers:
-        raise ValueError(
-            f"Expected at least one layer name, got an empty list (which would change nothing). "
-            f"Pass layers=None for all of them: {', '.join(valid)}."
-        )
-    unknown = [name for name in layers if name not in valid]
-    if unknown:
-        raise ValueError(
-            f"Unknown layer name(s) {unknown}. Linear layers followed by a ReLU: "
-            f"{', '.join(valid)}. Pass some of these as layers=[...]."
-        )
-    return [(name, layer) for name, layer in found if name in set(layers)]
+        chosen = found
+    else:
+        if isinstance(layers, str):
+            layers = [layers]
+        if not isinstance(layers, (list, tuple)) or not all(isinstance(name, str) for name in layers):
+            raise TypeError(
+                f"Expected layers to be a list of layer names (str), got {layers!r}. "
+                f"Layers that feed a ReLU: {', '.join(valid)}."
+            )
+        if not layers:
+            raise ValueError(
+                f"Expected at least one layer name, got an empty list (which would change nothing). "
+                f"Pass layers=None for all of them: {', '.join(valid)}."
+            )
+        unknown = [name for name in layers if name not in valid]
+        if unknown:
+            raise ValueError(
+                f"Unknown layer name(s) {unknown}. Linear and Conv2d layers followed by a ReLU: "
+                f"{', '.join(valid)}. Pass some of these as layers=[...]."
+            )
+        chosen = [(name, layer) for name, layer in found if name in set(layers)]
+    for name, layer in chosen:
+        if isinstance(layer, nn.Conv2d):
+            try:
+                check_conv(layer, name)
+            except ValueError as err:
+                usable = [n for n, m in found if not isinstance(m, nn.Conv2d) or m.groups == 1]
+                raise ValueError(f"{err} {caller} can adjust: {', '.join(usable) or 'none'}.") from None
+    return chosen
 
 
-def _refuse_shared_parameters(model: nn.Module, chosen: list[tuple[str, nn.Linear]], caller: str) -> None:
+def _refuse_shared_parameters(model: nn.Module, chosen: list[tuple[str, nn.Module]], caller: str) -> None:
     """Each chosen layer must own its parameters: a tied weight would be changed
     for one layer while it also serves another."""
     owners: dict[int, list[str]] = {}

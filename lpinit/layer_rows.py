@@ -1,0 +1,163 @@
+r"""A layer as rows of a matrix: what the per-unit LPs of ``lp_initialize``
+and the closed-form controls see of a ``nn.Linear`` or a ``nn.Conv2d``.
+
+Both layers compute ``Z = H W^T + b`` for some matrix ``H`` of inputs and
+their weights ``W`` as a (units x d_in) matrix:
+
+- ``nn.Linear``: a row of ``H`` is the input of one sample (or of one
+  position, for inputs of shape (n, ..., d_in)); a unit is an output feature.
+- ``nn.Conv2d`` (``groups=1``): a row of ``H`` is one input patch, for one
+  (sample, output position) pair, the ``in_channels * kh * kw`` values the
+  kernel sees there (the columns of ``torch.nn.functional.unfold``, after
+  the layer's own padding, in any ``padding_mode``); a unit is an output channel, and ``W``
+  its kernel reshaped to ``(out_channels, in_channels * kh * kw)``. A batch
+  of n images with an ``oh x ow`` output has ``n oh ow`` rows per channel.
+
+Rows are numbered sample-major: row ``s L + p`` is sample ``s`` at output
+position ``p`` (row-major over the ``L = oh ow`` positions), as in the layer's
+output. ``choose_rows`` draws the seeded subsample of rows that a layer's LP
+sees when the batch has more than ``max_rows`` of them.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+"""``nn.Conv2d.padding_mode`` -> the ``F.pad`` mode that pads the same way."""
+
+PATCH_CHUNK_ELEMENTS = 1 << 24
+"""Gather at most this many patch entries at once when computing
+pre-activations, so that a wide layer's full patch matrix never sits in
+memory."""
+
+
+class LinearRows:
+    """A ``nn.Linear``'s input as rows: ``H`` is the input, flattened to
+    (rows, in_features)."""
+
+    def __init__(self, layer: nn.Linear, x: torch.Tensor):
+        self.samples = x.shape[0] if x.dim() > 1 else 1
+        self.X = x.detach().reshape(-1, layer.in_features).to("cpu", torch.float64).numpy()
+
+    @property
+    def count(self) -> int:
+        return self.X.shape[0]
+
+    def take(self, rows: np.ndarray | None) -> np.ndarray:
+        """Rows of ``H`` (all of them for ``None``), float64."""
+        return self.X if rows is None else self.X[rows]
+
+    def preactivations(self, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``H W^T + b`` on every row, (rows, units)."""
+        return self.X @ W.T + b
+
+
+class Conv2dRows:
+    """A ``nn.Conv2d``'s input as rows of patches (module docstring)."""
+
+    def __init__(self, layer: nn.Conv2d, x: torch.Tensor):
+        check_conv(layer, "")
+        x = x.detach().to("cpu", torch.float64)
+        if x.dim() == 3:  # an unbatched input (C, H, W)
+            x = x.unsqueeze(0)
+        self.padded = F.pad(x, conv_padding(layer), mode=PADDING_MODES[layer.padding_mode]).numpy()
+        self.samples, channels, height, width = self.padded.shape
+        (kh, kw), (dh, dw), (sh, sw) = layer.kernel_size, layer.dilation, layer.stride
+        self.output_size = ((height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1)
+        self.positions = self.output_size[0] * self.output_size[1]
+        self.d_in = channels * kh * kw
+        # offsets of a patch's entries from its corner, in the order of weight.reshape(out, -1): (C, kh, kw)
+        self._channel = np.arange(channels)[:, None, None]
+        self._row_offset = (np.arange(kh) * dh)[None, :, None]
+        self._column_offset = (np.arange(kw) * dw)[None, None, :]
+        self._stride = (sh, sw)
+
+    @property
+    def count(self) -> int:
+        return self.samples * self.positions
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """The patches of ``rows``, (len(rows), d_in): row ``r`` is sample
+        ``r // L`` at output position ``(i, j)``, and its patch is
+        ``padded[s, c, i sh + a dh, j sw + b dw]`` over ``(c, a, b)``."""
+        sample, position = np.divmod(rows, self.positions)
+        i, j = np.divmod(position, self.output_size[1])
+        top = (i * self._stride[0])[:, None, None, None]
+        left = (j * self._stride[1])[:, None, None, None]
+        patches = self.padded[
+            sample[:, None, None, None], self._channel, top + self._row_offset, left + self._column_offset
+        ]
+        return patches.reshape(len(rows), self.d_in)
+
+    def _chunks(self, rows: np.ndarray) -> list[np.ndarray]:
+        step = max(1, PATCH_CHUNK_ELEMENTS // self.d_in)
+        return [rows[start : start + step] for start in range(0, len(rows), step)]
+
+    def take(self, rows: np.ndarray | None) -> np.ndarray:
+        """Rows of ``H`` (all of them for ``None``), float64."""
+        rows = np.arange(self.count) if rows is None else rows
+        return np.concatenate([self._gather(chunk) for chunk in self._chunks(rows)])
+
+    def preactivations(self, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """``H W^T + b`` on every row, (rows, units), a chunk of patches at a time."""
+        return np.concatenate([self._gather(chunk) @ W.T + b for chunk in self._chunks(np.arange(self.count))])
+
+
+LayerRows = LinearRows | Conv2dRows
+
+
+def layer_rows(layer: nn.Module, x: torch.Tensor) -> LayerRows:
+    """The rows of ``layer`` (a Linear or a Conv2d) for its input ``x``."""
+    if isinstance(layer, nn.Conv2d):
+        return Conv2dRows(layer, x)
+    if isinstance(layer, nn.Linear):
+        return LinearRows(layer, x)
+    raise TypeError(f"Expected an nn.Linear or nn.Conv2d layer, got {type(layer).__name__}.")
+
+
+def check_conv(layer: nn.Conv2d, name: str) -> None:
+    """Refuse what the rows cannot express: grouped convolutions (each output
+    channel sees only its group's input channels, so the channels of a layer
+    no longer share one ``H``)."""
+    if layer.groups != 1:
+        raise ValueError(
+            f"Layer {name!r} is a Conv2d with groups={layer.groups}; lpinit adjusts Conv2d layers with "
+            f"groups=1 only (each output channel's LP must see every input channel). Leave it out with "
+            f"layers=[...] (the other ReLU-fed layers by name)."
+        )
+    if layer.padding_mode not in PADDING_MODES:
+        raise ValueError(
+            f"Layer {name!r} has padding_mode={layer.padding_mode!r}; expected one of {', '.join(PADDING_MODES)}."
+        )
+
+
+def conv_padding(layer: nn.Conv2d) -> tuple[int, int, int, int]:
+    """``(left, right, top, bottom)``: the padding that ``layer`` applies, for
+    ``F.pad``. ``padding="same"`` puts the odd one on the right and bottom,
+    as PyTorch does."""
+    if isinstance(layer.padding, str):
+        if layer.padding == "valid":
+            return (0, 0, 0, 0)
+        totals = [d * (k - 1) for d, k in zip(layer.dilation, layer.kernel_size, strict=True)]
+        (top, left) = (totals[0] // 2, totals[1] // 2)
+        return (left, totals[1] - left, top, totals[0] - top)
+    ph, pw = layer.padding
+    return (pw, pw, ph, ph)
+
+
+def choose_rows(count: int, max_rows: int | None, seed: int, name: str) -> np.ndarray | None:
+    """The sorted row numbers of a uniform sample of ``max_rows`` of ``count``
+    rows, without replacement, drawn from a generator seeded by ``seed`` and
+    the layer's ``name`` (so a layer's sample does not depend on which other
+    layers are adjusted); ``None`` (every row) when ``count <= max_rows`` or
+    ``max_rows`` is ``None``."""
+    if max_rows is None or count <= max_rows:
+        return None
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    return np.sort(rng.choice(count, size=max_rows, replace=False))
