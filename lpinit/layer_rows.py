@@ -26,14 +26,15 @@ import zlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.lib.stride_tricks import sliding_window_view
 from torch import nn
 
 PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 """``nn.Conv2d.padding_mode`` -> the ``F.pad`` mode that pads the same way."""
 
 PATCH_CHUNK_ELEMENTS = 1 << 24
-"""Gather at most this many patch entries at once when computing
-pre-activations, so that a wide layer's full patch matrix never sits in
+"""Copy at most this many patch entries at once when computing every row's
+pre-activations, so that a wide layer's full patch matrix need not sit in
 memory."""
 
 
@@ -66,47 +67,39 @@ class Conv2dRows:
         x = x.detach().to("cpu", torch.float64)
         if x.dim() == 3:  # an unbatched input (C, H, W)
             x = x.unsqueeze(0)
-        self.padded = F.pad(x, conv_padding(layer), mode=PADDING_MODES[layer.padding_mode]).numpy()
-        self.samples, channels, height, width = self.padded.shape
+        padded = F.pad(x, conv_padding(layer), mode=PADDING_MODES[layer.padding_mode]).numpy()
         (kh, kw), (dh, dw), (sh, sw) = layer.kernel_size, layer.dilation, layer.stride
-        self.output_size = ((height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1)
-        self.positions = self.output_size[0] * self.output_size[1]
-        self.d_in = channels * kh * kw
-        # offsets of a patch's entries from its corner, in the order of weight.reshape(out, -1): (C, kh, kw)
-        self._channel = np.arange(channels)[:, None, None]
-        self._row_offset = (np.arange(kh) * dh)[None, :, None]
-        self._column_offset = (np.arange(kw) * dw)[None, None, :]
-        self._stride = (sh, sw)
+        span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+        # a view, no copy: windows[s, i, j] is the patch (C, kh, kw) of sample s at output position (i, j)
+        windows = sliding_window_view(padded, span, axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]
+        self.windows = windows.transpose(0, 2, 3, 1, 4, 5)
+        self.samples, out_h, out_w = self.windows.shape[:3]
+        self.output_size = (out_h, out_w)
+        self.positions = out_h * out_w
+        self.d_in = int(np.prod(self.windows.shape[3:]))
 
     @property
     def count(self) -> int:
         return self.samples * self.positions
 
-    def _gather(self, rows: np.ndarray) -> np.ndarray:
-        """The patches of ``rows``, (len(rows), d_in): row ``r`` is sample
-        ``r // L`` at output position ``(i, j)``, and its patch is
-        ``padded[s, c, i sh + a dh, j sw + b dw]`` over ``(c, a, b)``."""
-        sample, position = np.divmod(rows, self.positions)
-        i, j = np.divmod(position, self.output_size[1])
-        top = (i * self._stride[0])[:, None, None, None]
-        left = (j * self._stride[1])[:, None, None, None]
-        patches = self.padded[
-            sample[:, None, None, None], self._channel, top + self._row_offset, left + self._column_offset
-        ]
-        return patches.reshape(len(rows), self.d_in)
-
-    def _chunks(self, rows: np.ndarray) -> list[np.ndarray]:
-        step = max(1, PATCH_CHUNK_ELEMENTS // self.d_in)
-        return [rows[start : start + step] for start in range(0, len(rows), step)]
+    def _sample_chunks(self) -> range:
+        """Starts of chunks of samples whose patches hold about ``PATCH_CHUNK_ELEMENTS`` entries."""
+        return range(0, self.samples, max(1, PATCH_CHUNK_ELEMENTS // (self.positions * self.d_in)))
 
     def take(self, rows: np.ndarray | None) -> np.ndarray:
         """Rows of ``H`` (all of them for ``None``), float64."""
-        rows = np.arange(self.count) if rows is None else rows
-        return np.concatenate([self._gather(chunk) for chunk in self._chunks(rows)])
+        if rows is None:
+            return self.windows.reshape(self.count, self.d_in)  # a copy, in row order
+        sample, position = np.divmod(rows, self.positions)
+        i, j = np.divmod(position, self.output_size[1])
+        return self.windows[sample, i, j].reshape(len(rows), self.d_in)
 
     def preactivations(self, W: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """``H W^T + b`` on every row, (rows, units), a chunk of patches at a time."""
-        return np.concatenate([self._gather(chunk) @ W.T + b for chunk in self._chunks(np.arange(self.count))])
+        """``H W^T + b`` on every row, (rows, units), a chunk of samples at a time."""
+        step = self._sample_chunks().step
+        return np.concatenate(
+            [self.windows[s : s + step].reshape(-1, self.d_in) @ W.T + b for s in self._sample_chunks()]
+        )
 
 
 LayerRows = LinearRows | Conv2dRows

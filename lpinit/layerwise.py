@@ -39,7 +39,7 @@ from torch.func import functional_call
 
 from lpinit.counting import count_relu_zeros
 from lpinit.layer_rows import LayerRows, check_conv, choose_rows, layer_rows
-from lpinit.tracing import capture_layer_io, eval_mode, relu_fed_layers
+from lpinit.tracing import eval_mode, relu_fed_layers
 from lpinit.validation import check_choice, check_data_tensor, check_max_rows, check_model, check_seed, run_model
 
 RESCALE_MODES = ("unit", "layer")
@@ -173,7 +173,6 @@ def adjust_layerwise(
     batch = batch.to(device=reference.device, dtype=reference.dtype) if reference is not None else batch
     results: list[tuple[LayerChange, Any]] = []
     with eval_mode(model), torch.no_grad():
-        run_model(model, batch)  # shape and dtype errors surface here, clearly
         chosen = _select_layers(model, batch, layers, caller)
         _refuse_shared_parameters(model, chosen, caller)
         zeros_before = count_relu_zeros(model, batch, batch.shape[0], patterns=False)
@@ -252,21 +251,47 @@ def _adjust_layer(
     return measured, info, updates
 
 
+class _InputSeen(Exception):
+    """Stops a forward pass once the layer of interest has its input."""
+
+
 def _layer_input(model: nn.Module, params: dict[str, Any], batch: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """The input of ``layer`` when ``model`` runs on ``batch`` with ``params``."""
-    (captured,) = capture_layer_io(model, [layer], lambda: functional_call(model, params, (batch,)), "input")
-    if len(captured) != 1:
-        raise ValueError(
-            f"Expected each ReLU-fed layer to run once per forward pass, but one ran "
-            f"{len(captured)} times. Restrict `layers=` to layers applied once."
-        )
-    return captured[0]
+    """The input of ``layer`` when ``model`` runs on ``batch`` with ``params``;
+    the rest of the forward pass is skipped."""
+    seen: list[torch.Tensor] = []
+
+    def stop(module: nn.Module, args: tuple) -> None:
+        seen.append(args[0].detach())
+        raise _InputSeen
+
+    handle = layer.register_forward_pre_hook(stop)
+    try:
+        functional_call(model, params, (batch,))
+    except _InputSeen:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 def _select_layers(
     model: nn.Module, batch: torch.Tensor, layers: Sequence[str] | None, caller: str
 ) -> list[tuple[str, nn.Module]]:
-    found = relu_fed_layers(model, batch)
+    calls: dict[nn.Module, int] = {}
+    kinds = (nn.Linear, nn.Conv2d)
+    counting = [
+        m.register_forward_pre_hook(lambda module, args: calls.__setitem__(module, calls.get(module, 0) + 1))
+        for m in model.modules()
+        if isinstance(m, kinds)
+    ]
+    try:
+        found = relu_fed_layers(model, batch, kinds)
+    except RuntimeError:
+        run_model(model, batch)  # shape and dtype errors get a clear message
+        raise
+    finally:
+        for handle in counting:
+            handle.remove()
     if not found:
         raise ValueError(
             f"Expected a model with at least one nn.Linear or nn.Conv2d whose output goes straight into a "
@@ -297,6 +322,11 @@ def _select_layers(
             )
         chosen = [(name, layer) for name, layer in found if name in set(layers)]
     for name, layer in chosen:
+        if calls.get(layer, 0) != 1:
+            raise ValueError(
+                f"Expected each ReLU-fed layer to run once per forward pass, but {name!r} ran "
+                f"{calls.get(layer, 0)} times. Restrict `layers=` to layers applied once."
+            )
         if isinstance(layer, nn.Conv2d):
             try:
                 check_conv(layer, name)

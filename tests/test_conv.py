@@ -485,3 +485,19 @@ def test_the_cnns_zero_counts_agree_with_count_relu_zeros(mnist_batch):
         site = counted.site(layer.name)
         assert (layer.zeros_after, layer.elements) == (site.zeros, site.elements)
     assert report.network_zeros_after == counted.total_zeros
+
+
+def test_a_layer_applied_twice_is_a_clear_error():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(torch.relu(self.conv(x))))
+
+    model = Twice()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"'conv' ran 2 times.*layers="):
+        lp_initialize(model, torch.randn(2, 2, 5, 5), n_jobs=1)
+    assert_bit_identical(model, before)
