@@ -154,13 +154,13 @@ class LPInitReport:
             "",
             "On the batch: zeros, pre-activations below the margin, pre-activation mean / RMS "
             "(before, after the LP, after rescaling)",
-            f"{'layer':<8}{'zeros':>17}{'< margin':>17}{'before':>15}{'LP':>15}{'rescaled':>15}"
+            f"{'layer':<8}{'zeros':>23}{'< margin':>23}{'before':>15}{'LP':>15}{'rescaled':>15}"
             f"{'max|dW|':>10}{'rel':>7}",
         ]
         for r in self.layers:
             rows.append(
-                f"{r.name:<8}{f'{r.zeros_before:,} -> {r.zeros_after:,}':>17}"
-                f"{f'{r.below_margin_before:,} -> {r.below_margin_after:,}':>17}"
+                f"{r.name:<8}{f'{r.zeros_before:,} -> {r.zeros_after:,}':>23}"
+                f"{f'{r.below_margin_before:,} -> {r.below_margin_after:,}':>23}"
                 f"{f'{r.preact_mean_before:.2f} / {r.preact_rms_before:.2f}':>15}"
                 f"{f'{r.preact_mean_lp:.2f} / {r.preact_rms_lp:.2f}':>15}"
                 f"{f'{r.preact_mean_after:.2f} / {r.preact_rms_after:.2f}':>15}"
