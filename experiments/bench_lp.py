@@ -439,6 +439,7 @@ def highs_strategies(H, W, b, kwargs, units: int) -> list[tuple[str, str, float,
     the short rows' slacks were made basic (every row basic), and the slack
     basis. Returns ``(start, algorithm, seconds, iterations per unit)``."""
     f = Formulation(H.shape[1], kwargs["weight_bound"], kwargs["bias_bound"], kwargs["margin"], anchor=kwargs["anchor"])
+    units = min(units, W.shape[0])
     Z = (H @ W.T + b)[:, :units]
     if f.plain:
         reduced = ReducedLP.from_input(H, f.weight_bound, f.bias_bound)

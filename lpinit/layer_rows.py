@@ -22,6 +22,7 @@ sees when the batch has more than ``max_rows`` of them.
 from __future__ import annotations
 
 import zlib
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -33,9 +34,9 @@ PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replic
 """``nn.Conv2d.padding_mode`` -> the ``F.pad`` mode that pads the same way."""
 
 PATCH_CHUNK_ELEMENTS = 1 << 24
-"""Copy at most this many patch entries at once when computing every row's
-pre-activations, so that a wide layer's full patch matrix need not sit in
-memory."""
+"""A layer's patch matrix with at most this many entries (128 MiB) is built
+once and kept; a larger one is never built whole: every row's
+pre-activations are computed this many entries at a time."""
 
 
 class LinearRows:
@@ -86,16 +87,26 @@ class Conv2dRows:
         """Starts of chunks of samples whose patches hold about ``PATCH_CHUNK_ELEMENTS`` entries."""
         return range(0, self.samples, max(1, PATCH_CHUNK_ELEMENTS // (self.positions * self.d_in)))
 
+    @cached_property
+    def _every_row(self) -> np.ndarray | None:
+        """``H`` itself when it holds at most ``PATCH_CHUNK_ELEMENTS`` entries (else ``None``)."""
+        if self.count * self.d_in > PATCH_CHUNK_ELEMENTS:
+            return None
+        return self.windows.reshape(self.count, self.d_in)  # a copy, in row order
+
     def take(self, rows: np.ndarray | None) -> np.ndarray:
         """Rows of ``H`` (all of them for ``None``), float64."""
         if rows is None:
-            return self.windows.reshape(self.count, self.d_in)  # a copy, in row order
+            every_row = self._every_row
+            return every_row if every_row is not None else self.windows.reshape(self.count, self.d_in)
         sample, position = np.divmod(rows, self.positions)
         i, j = np.divmod(position, self.output_size[1])
         return self.windows[sample, i, j].reshape(len(rows), self.d_in)
 
     def preactivations(self, W: np.ndarray, b: np.ndarray) -> np.ndarray:
         """``H W^T + b`` on every row, (rows, units), a chunk of samples at a time."""
+        if self._every_row is not None:
+            return self._every_row @ W.T + b
         step = self._sample_chunks().step
         return np.concatenate(
             [self.windows[s : s + step].reshape(-1, self.d_in) @ W.T + b for s in self._sample_chunks()]

@@ -15,6 +15,7 @@ from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 from torch import nn
 
 import lpinit.initialize
+import lpinit.layer_rows
 from lpinit import bias_shift_, cnn, count_relu_zeros, lp_initialize, quantile_bias_
 from lpinit.layer_rows import layer_rows
 from lpinit.lp import SOLVERS
@@ -207,6 +208,20 @@ def test_rows_are_the_patches_and_give_the_layers_own_output(conv):
     np.testing.assert_array_equal(rows.take(None), patches_by_loops(x.numpy(), layer))
     chosen = np.array([0, 5, rows.count - 1])
     np.testing.assert_array_equal(rows.take(chosen), patches_by_loops(x.numpy(), layer)[chosen])
+    W, b = layer.weight.detach().numpy().reshape(4, -1), layer.bias.detach().numpy()
+    with torch.no_grad():
+        out = layer(x).permute(0, 2, 3, 1).reshape(-1, 4).numpy()
+    np.testing.assert_allclose(rows.preactivations(W, b), out, rtol=1e-12, atol=1e-12)
+
+
+def test_rows_of_a_layer_too_large_to_keep_whole_come_in_chunks(monkeypatch):
+    monkeypatch.setattr(lpinit.layer_rows, "PATCH_CHUNK_ELEMENTS", 500)  # a few samples' patches at a time
+    torch.manual_seed(0)
+    layer = nn.Conv2d(3, 4, 3, padding=1, stride=2).double()
+    x = torch.randn(7, 3, 8, 8, dtype=torch.float64)
+    rows = layer_rows(layer, x)
+    assert rows.count * rows.d_in > 500
+    np.testing.assert_array_equal(rows.take(None), patches_by_loops(x.numpy(), layer))
     W, b = layer.weight.detach().numpy().reshape(4, -1), layer.bias.detach().numpy()
     with torch.no_grad():
         out = layer(x).permute(0, 2, 3, 1).reshape(-1, 4).numpy()
