@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.func import functional_call
 
@@ -172,7 +173,10 @@ def adjust_layerwise(
         )
     batch = batch.to(device=reference.device, dtype=reference.dtype) if reference is not None else batch
     results: list[tuple[LayerChange, Any]] = []
-    with eval_mode(model), torch.no_grad():
+    # one thread for torch's and numpy's CPU kernels, as the LP solver has: on a machine whose cores
+    # are busy, threads that wait for each other at every small op cost far more than they bring
+    # (README, benchmarks); the limits are restored on exit
+    with threadpool_limits(limits=1), eval_mode(model), torch.no_grad():
         chosen = _select_layers(model, batch, layers, caller)
         _refuse_shared_parameters(model, chosen, caller)
         zeros_before = count_relu_zeros(model, batch, batch.shape[0], patterns=False)
