@@ -396,6 +396,7 @@ def main_cnn(args: argparse.Namespace) -> None:
             result.update(naive_cvxpy_s=naive_s, max_objective_difference=worst)
         record[variant] = result
 
+    print(forward_threads(batch))
     print("whole CNN against max_rows (plain LP; median of --repeats):")
     record["max_rows"] = []
     for value in (int(x) for x in args.max_rows_list.split(",")):
@@ -411,6 +412,14 @@ def main_cnn(args: argparse.Namespace) -> None:
         torch.manual_seed(args.seed)
         lps = {name: (H, W, b, kwargs) for name, H, W, b, kwargs, _ in record_lps(cnn(), batch, n_jobs=1)}
         print(f"HiGHS on conv1's and conv2's LPs (max_rows={DEFAULT_MAX_ROWS}), first {args.reference_units} units:")
+        print("  l1=0.01 (general form), solve_layer with the previous unit's basis against the crash start:")
+        torch.manual_seed(args.seed)
+        for name, H, W, b, kwargs, _ in record_lps(cnn(), batch, n_jobs=1, layers=["conv1", "conv2"], l1=0.01):
+            times = {
+                label: solve_layer(H, W, b, **{**kwargs, "warm_start": warm, "progress": False}).wall_time_s
+                for label, warm in (("previous unit's basis", True), ("crash start", False))
+            }
+            print(f"    {name}: " + ", ".join(f"{label} {seconds:.2f} s" for label, seconds in times.items()))
         for label, layer, options in (("plain", "conv1", {}), ("anchor", "conv2", dict(anchor=True))):
             H, W, b, kwargs = lps[layer]
             kwargs = {**kwargs, "l1": 0.0, "anchor": False, "target_active": None, **options}
@@ -423,6 +432,26 @@ def main_cnn(args: argparse.Namespace) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(record, f, indent=2)
+
+
+def forward_threads(batch: torch.Tensor, repeats: int = 10) -> str:
+    """The median time of a forward pass of ``cnn()`` on ``batch`` with
+    torch's own thread count, and on one thread (as lpinit's driver runs it)."""
+    from threadpoolctl import threadpool_limits
+
+    model = cnn().eval()
+    times = {}
+    for label, limit in ((f"{torch.get_num_threads()} threads (torch's default)", None), ("one thread", 1)):
+        with threadpool_limits(limits=limit), torch.no_grad():
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(batch)
+                seconds.append(time.perf_counter() - start)
+        times[label] = float(np.median(seconds))
+    return "forward pass of cnn() on the batch (median of 10): " + ", ".join(
+        f"{label} {seconds * 1e3:.1f} ms" for label, seconds in times.items()
+    )
 
 
 ALGORITHMS = {
