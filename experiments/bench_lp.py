@@ -49,6 +49,7 @@ import argparse
 import json
 import math
 import time
+from typing import Any
 
 import cvxpy as cp
 import highspy
@@ -285,7 +286,7 @@ def main() -> None:
 
 # ---------------------------------------------------------------- the CNN
 
-CNN_VARIANTS = {
+CNN_VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {},
     "anchor": dict(anchor="mean"),
     "l1": dict(l1=0.01),
@@ -420,12 +421,12 @@ def main_cnn(args: argparse.Namespace) -> None:
                 for label, warm in (("previous unit's basis", True), ("crash start", False))
             }
             print(f"    {name}: " + ", ".join(f"{label} {seconds:.2f} s" for label, seconds in times.items()))
-        for label, layer, options in (("plain", "conv1", {}), ("anchor", "conv2", dict(anchor=True))):
-            H, W, b, kwargs = lps[layer]
+        for label, layer_name, options in (("plain", "conv1", {}), ("anchor", "conv2", dict(anchor=True))):
+            H, W, b, kwargs = lps[layer_name]
             kwargs = {**kwargs, "l1": 0.0, "anchor": False, "target_active": None, **options}
             for start, algorithm, seconds, iterations in highs_strategies(H, W, b, kwargs, args.reference_units):
                 print(
-                    f"  {label} LP of {layer}, {algorithm:<15} from {start:<28}{seconds:8.2f} s, "
+                    f"  {label} LP of {layer_name}, {algorithm:<15} from {start:<28}{seconds:8.2f} s, "
                     f"iterations {iterations}"
                 )
 
@@ -454,7 +455,7 @@ def forward_threads(batch: torch.Tensor, repeats: int = 10) -> str:
     )
 
 
-ALGORITHMS = {
+ALGORITHMS: dict[str, dict[str, Any]] = {
     "dual simplex": {"solver": "simplex", "simplex_strategy": 1},
     "primal simplex": {"solver": "simplex", "simplex_strategy": 4},
     "IPM": {"solver": "ipm", "run_crossover": "off"},
@@ -506,7 +507,7 @@ def highs_strategies(H, W, b, kwargs, units: int) -> list[tuple[str, str, float,
             seconds, iterations = 0.0, []
             for k in range(units):
                 began = time.perf_counter()
-                highs.changeRowsBounds(n, rows, lower[:, k], upper[:, k])
+                highs.changeRowsBounds(n, rows, lower[:, k], upper[:, k])  # type: ignore[attr-defined]
                 highs.clearSolver()
                 start_basis = basis(k)
                 if start_basis is not None:

@@ -24,7 +24,8 @@ from lpinit.layer_rows import layer_rows
 
 def full_row_objective(model: torch.nn.Module, batch: torch.Tensor, margin: float) -> float:
     """Sum over conv1's channels and every row of the batch of the shortfall below ``margin``."""
-    conv = model.conv1
+    conv = model.get_submodule("conv1")
+    assert isinstance(conv, torch.nn.Conv2d) and conv.bias is not None  # cnn()'s conv1
     rows = layer_rows(conv, batch)
     W = conv.weight.detach().double().numpy().reshape(conv.out_channels, -1)
     Z = rows.preactivations(W, conv.bias.detach().double().numpy())

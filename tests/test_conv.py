@@ -5,6 +5,7 @@ own outputs."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections import OrderedDict
 
@@ -516,3 +517,29 @@ def test_a_layer_applied_twice_is_a_clear_error():
     with pytest.raises(ValueError, match=r"'conv' ran 2 times.*layers="):
         lp_initialize(model, torch.randn(2, 2, 5, 5), n_jobs=1)
     assert_bit_identical(model, before)
+
+
+def test_the_cnn_benchmark_runs_on_a_tiny_budget(monkeypatch, capsys, tmp_path):
+    from experiments import bench_lp
+
+    out = tmp_path / "bench.json"
+    argv = ["bench_lp", "--model", "cnn", "--batch-size", "4", "--repeats", "1", "--reference-units", "1"]
+    argv += ["--variants", "plain,anchor", "--max-rows-list", "300", "--json", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    bench_lp.main()
+    printed = capsys.readouterr().out
+    assert "goals: whole CNN" in printed and "max_rows    300" in printed
+    record = json.loads(out.read_text())
+    for variant in ("plain", "anchor"):
+        assert record[variant]["max_objective_difference"] < 1e-6  # cvxpy per unit reaches the same optima
+
+
+def test_the_max_rows_table_runs_on_a_tiny_budget(monkeypatch, capsys):
+    from experiments import max_rows
+
+    monkeypatch.setattr("sys.argv", ["max_rows", "--batch-size", "2", "--max-rows", "100,all"])
+    max_rows.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["100", "all"]
+    objective_all_rows = [float(line.split()[5]) for line in lines[2:]]
+    assert objective_all_rows[1] <= objective_all_rows[0] + 1e-6  # every row's LP is the optimum on every row

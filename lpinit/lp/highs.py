@@ -6,8 +6,9 @@ On top of the reduction (dual fixing and the shift):
 1. *Built once.* The LP is built once per layer and process; per unit only
    the row bounds change.
 2. *Crash start.* Dual simplex starts each unit from every weight at the
-   bound that raises the unit's short rows; a unit whose start already meets
-   every margin is done without HiGHS.
+   bound that raises the unit's short rows, with those rows' shortfalls
+   basic (``_CrashStart``); a unit whose start already meets every margin is
+   done without HiGHS.
 3. *Checks.* Every answer is checked against a duality bound and solved again
    from scratch if it fails, since HiGHS has returned wrong optima from warm
    starts (ERGO-Code/HiGHS#3194, #3294).
