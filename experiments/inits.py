@@ -42,7 +42,7 @@ from experiments.init_names import (
     parse_init_name,
 )
 from lpinit import bias_shift_, lp_initialize, quantile_bias_
-from lpinit.tracing import capture_layer_io, relu_fed_linears
+from lpinit.tracing import capture_layer_io, relu_fed_layers
 
 FIXED_INITS = BASES
 LP_RADII = (0.02, 0.05, 0.1, 0.2)
@@ -52,6 +52,7 @@ LEGACY_INITS = tuple(f"{kind}@{r:g}" for kind in ("lp", "bias_shift") for r in L
 ARCHS = {
     "seed": "the notebook's 784-750-320-50-10 MLP, ReLU on the logits",
     "mlp": "the same widths without the ReLU on the logits",
+    "cnn": "a LeNet-5-style CNN (lpinit.cnn), no ReLU on the logits",
 }
 
 __all__ = [
@@ -74,23 +75,27 @@ def build_model(arch: str, seed: int) -> nn.Module:
 
     The global RNG is forked, so the caller's random state is untouched.
     """
-    from lpinit import mlp, seed_mlp
+    from lpinit import cnn, mlp, seed_mlp
 
     if arch not in ARCHS:
         raise ValueError(f"Unknown arch {arch!r}. Valid archs: {', '.join(ARCHS)}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        if arch == "cnn":
+            return cnn()
         return seed_mlp() if arch == "seed" else mlp((784, 750, 320, 50, 10), final_relu=False)
 
 
-def _linears(model: nn.Module) -> list[nn.Linear]:
-    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+def _layers(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
+    """The layers a scheme initializes: Linear and Conv2d, in definition order
+    (= forward order for the networks used here)."""
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
 @torch.no_grad()
 def kaiming_normal_(model: nn.Module, generator: torch.Generator) -> None:
     """W ~ N(0, 2 / fan_in), b = 0."""
-    for layer in _linears(model):
+    for layer in _layers(model):
         nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
         nn.init.zeros_(layer.bias)
 
@@ -98,7 +103,7 @@ def kaiming_normal_(model: nn.Module, generator: torch.Generator) -> None:
 @torch.no_grad()
 def xavier_uniform_(model: nn.Module, generator: torch.Generator) -> None:
     """W ~ U(-a, a), a = sqrt(6 / (fan_in + fan_out)), b = 0."""
-    for layer in _linears(model):
+    for layer in _layers(model):
         nn.init.xavier_uniform_(layer.weight, generator=generator)
         nn.init.zeros_(layer.bias)
 
@@ -106,7 +111,7 @@ def xavier_uniform_(model: nn.Module, generator: torch.Generator) -> None:
 @torch.no_grad()
 def orthogonal_(model: nn.Module, generator: torch.Generator) -> None:
     """W = a (semi-)orthogonal matrix from the QR of a Gaussian one, b = 0."""
-    for layer in _linears(model):
+    for layer in _layers(model):
         nn.init.orthogonal_(layer.weight, generator=generator)
         nn.init.zeros_(layer.bias)
 
@@ -124,13 +129,15 @@ def lsuv_(
 ) -> list[float]:
     """Layer-sequential unit-variance init (Mishkin & Matas 2016, Algorithm 1).
 
-    Orthogonal weights and zero biases, then for each Linear layer in forward
-    order: while ``|Var(W x) - 1| >= tol`` on the batch, ``W <- W / sqrt(Var)``.
+    Orthogonal weights and zero biases (a Conv2d's kernel reshaped to
+    (out_channels, in_channels * kh * kw), as the paper does), then for each
+    Linear and Conv2d layer in forward order: while ``|Var(W x) - 1| >= tol``
+    on the batch (over samples, channels and positions), ``W <- W / sqrt(Var)``.
     Returns each layer's final pre-activation variance.
     """
     orthogonal_(model, generator)
     variances = []
-    for layer in _linears(model):
+    for layer in _layers(model):
         for _ in range(max_iter):
             (out,) = _layer_outputs(model, batch, [layer])
             var = float(out.var())
@@ -146,7 +153,8 @@ def rai_(model: nn.Module, generator: torch.Generator) -> None:
     """Randomized asymmetric initialization (Lu, Shin, Su & Karniadakis 2019,
     "Dying ReLU and Initialization: Theory and Numerical Examples").
 
-    For each neuron j, the row V_j = [W_j, b_j] (fan_in + 1 entries) is drawn
+    For each neuron j (a Conv2d: each output channel, fan_in = in_channels *
+    kh * kw), the row V_j = [W_j, b_j] (fan_in + 1 entries) is drawn
     i.i.d. from N(0, 0.6007^2 / fan_in); then ONE entry of V_j, chosen uniformly
     at random (it may be the bias), is replaced by a draw from Beta(2, 1), a
     positive, asymmetric distribution. This is the authors' published
@@ -155,12 +163,13 @@ def rai_(model: nn.Module, generator: torch.Generator) -> None:
     Beta(2, 1) is sampled as sqrt(U), U ~ U(0, 1) (its CDF is x^2), so the
     draw uses the seeded generator.
     """
-    for layer in _linears(model):
-        fan_out, fan_in = layer.weight.shape
+    for layer in _layers(model):
+        fan_out = layer.weight.shape[0]
+        fan_in = layer.weight[0].numel()
         v = torch.randn(fan_out, fan_in + 1, generator=generator) * (0.6007 / math.sqrt(fan_in))
         k = torch.randint(0, fan_in + 1, (fan_out,), generator=generator)
         v[torch.arange(fan_out), k] = torch.rand(fan_out, generator=generator).sqrt()
-        layer.weight.copy_(v[:, :-1])
+        layer.weight.copy_(v[:, :-1].reshape(layer.weight.shape))
         layer.bias.copy_(v[:, -1])
 
 
@@ -212,7 +221,7 @@ def _jsonable_report(report) -> dict:
 
 def relu_zero_fractions(model: nn.Module, batch: torch.Tensor) -> list[float]:
     """Zero fraction of the ReLU fed by each Linear layer (forward order) on ``batch``."""
-    layers = [layer for _, layer in relu_fed_linears(model, batch[:1])]
+    layers = [layer for _, layer in relu_fed_layers(model, batch[:1])]
     return [float((z <= 0).float().mean()) for z in _layer_outputs(model, batch, layers)]
 
 

@@ -35,7 +35,7 @@ from experiments.settings import Settings
 from experiments.train import pick_device, train
 from lpinit import count_relu_zeros
 from lpinit.files import write_atomic
-from lpinit.tracing import capture_layer_io, relu_fed_linears
+from lpinit.tracing import capture_layer_io, relu_fed_layers
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,9 @@ def _lp_targets_cache(
 
 
 def preactivation_summary(model: nn.Module, data: torch.Tensor, batch_size: int) -> dict:
-    """Mean and RMS of each ReLU-fed Linear layer's pre-activations on ``data``:
+    """Mean and RMS of each ReLU-fed layer's pre-activations on ``data``:
     the scale the init leaves, per layer."""
-    layers = relu_fed_linears(model, data[:1])
+    layers = relu_fed_layers(model, data[:1])
     sums = {name: [0.0, 0.0, 0] for name, _ in layers}
     with torch.no_grad():
         for chunk in torch.split(data, batch_size):

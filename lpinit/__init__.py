@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from lpinit.data import MNIST_MEAN, MNIST_STD, load_mnist
     from lpinit.initialize import LayerReport, LPInitReport, lp_initialize
     from lpinit.lp import start_workers, stop_workers
-    from lpinit.models import SeedMLP, mlp, seed_mlp
+    from lpinit.models import SeedMLP, cnn, mlp, seed_mlp
     from lpinit.theory import activation_pattern, l_gen, linear_map_change, local_affine_map, pattern_change
     from lpinit.validation import DataIntegrityError, LPInitError, SolverError
 
@@ -39,6 +39,7 @@ _EXPORTS = {
     "seed_mlp": "models",
     "SeedMLP": "models",
     "mlp": "models",
+    "cnn": "models",
     "local_affine_map": "theory",
     "activation_pattern": "theory",
     "l_gen": "theory",
@@ -63,6 +64,7 @@ __all__ = [
     "SolverError",
     "activation_pattern",
     "bias_shift_",
+    "cnn",
     "count_relu_zeros",
     "l_gen",
     "linear_map_change",

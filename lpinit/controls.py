@@ -1,10 +1,13 @@
 """Closed-form controls for ``lp_initialize``: what the LP must beat.
 
 Both move biases only, layer after layer in forward order on a batch, with the
-same ``rescale`` option as ``lp_initialize`` (``lpinit.layerwise``):
+same ``rescale`` option as ``lp_initialize`` (``lpinit.layerwise``), on the
+same layers (ReLU-fed ``nn.Linear`` and ``nn.Conv2d``; a Conv2d's unit is an
+output channel, its rows the (sample, output position) pairs). Being closed
+forms, they use every row of the batch (no ``max_rows``):
 
 - ``quantile_bias_(model, batch, q)``: each unit's bias is set so that the
-  unit is active on the ``ceil(q n)`` samples where ``H w_j`` is largest and
+  unit is active on the ``ceil(q n)`` rows where ``H w_j`` is largest and
   inactive on the others: the per-unit zero fraction of
   ``lp_initialize(..., target_active=q)``, with the weights untouched.
 - ``bias_shift_(model, batch, zero_fractions)``: one constant per layer is
@@ -49,17 +52,18 @@ def quantile_bias_(
     rescale: str | None = None,
     layers: Sequence[str] | None = None,
 ) -> LayerwiseResult:
-    """Set, in place, each bias of every ReLU-fed Linear layer to
+    """Set, in place, each bias of every ReLU-fed Linear or Conv2d layer to
     ``-t_j`` with ``t_j`` the level above which ``H w_j`` has ``ceil(q n)``
-    entries on the batch (``quantile_thresholds``): the unit is active on the
-    same samples as ``lp_initialize(..., target_active=q)`` aims for.
+    entries on the n rows of the batch (``quantile_thresholds``): the unit is
+    active on the same rows as ``lp_initialize(..., target_active=q)`` aims for
+    (on all rows, where the LP may see a sample of them).
 
     Args:
-        model: a network whose Linear layers (with biases) feed ReLUs.
+        model: a network whose Linear or Conv2d layers (with biases) feed ReLUs.
         batch: float tensor of inputs (n, ...).
-        q: the fraction of samples on which each unit is to be active, in (0, 1).
+        q: the fraction of rows on which each unit is to be active, in (0, 1).
         rescale: ``"unit"``, ``"layer"`` or ``None``, as for ``lp_initialize``.
-        layers: names of the layers to change (default: all ReLU-fed Linears).
+        layers: names of the layers to change (default: every ReLU-fed Linear and Conv2d).
 
     Returns:
         A ``LayerwiseResult``: per layer the zeros and pre-activation
@@ -81,7 +85,7 @@ def quantile_bias_(
 
     def set_bias(layer: LayerInput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         _require_bias(layer, "quantile_bias_")
-        thresholds = quantile_thresholds(layer.H @ layer.W.T, q)
+        thresholds = quantile_thresholds(layer.rows.preactivations(layer.W, np.zeros_like(layer.b)), q)
         return layer.W, -thresholds, thresholds
 
     return adjust_layerwise(model, batch, set_bias, layers=layers, rescale=rescale, caller="quantile_bias_")
@@ -95,9 +99,9 @@ def bias_shift_(
     rescale: str | None = None,
     layers: Sequence[str] | None = None,
 ) -> LayerwiseResult:
-    """Add, in place, one constant to all biases of each ReLU-fed Linear layer,
-    in forward order, so that the layer's zero fraction on the batch is the
-    closest it can be to ``zero_fractions[l]`` (one per changed layer).
+    """Add, in place, one constant to all biases of each ReLU-fed Linear or
+    Conv2d layer, in forward order, so that the layer's zero fraction on the
+    batch is the closest it can be to ``zero_fractions[l]`` (one per changed layer).
 
     Returns:
         A ``LayerwiseResult`` with each layer's constant as info.
@@ -123,7 +127,7 @@ def bias_shift_(
                 f"Expected one zero fraction per changed layer, got {len(targets)} for more layers "
                 f"(layer {layer.name!r} has none). Pass one per layer, in forward order."
             )
-        constant = matching_shift(layer.Z, remaining.pop(0))
+        constant = matching_shift(layer.Z_all, remaining.pop(0))
         return layer.W, layer.b + constant, constant
 
     result = adjust_layerwise(model, batch, shift, layers=layers, rescale=rescale, caller="bias_shift_")

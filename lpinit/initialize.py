@@ -1,7 +1,9 @@
 """``lp_initialize``: change each ReLU-fed layer's weights and biases by a
 bounded amount, chosen by one LP per unit (``lpinit.lp.problem`` writes the LP
 and its options out), so that the chosen pre-activations on a batch become
-positive, the others not.
+positive, the others not. A layer is a ``nn.Linear`` (a unit: an output
+feature; a row: a sample) or a ``nn.Conv2d`` with ``groups=1`` (a unit: an
+output channel; a row: a sample at one output position; ``lpinit.layer_rows``).
 
 Layers are changed in forward order, each LP seeing the earlier layers as
 already changed (``lpinit.layerwise``). The bounds and the margin are relative
@@ -9,12 +11,19 @@ to each layer's own scales:
 
 - ``rho_w = radius * sqrt(3) * std(W)``: PyTorch's default init draws
   ``W ~ U(-a, a)`` with ``a = 1/sqrt(fan_in) = sqrt(3) std(W)``, so each weight
-  moves by at most ``radius`` times the init's own range;
+  moves by at most ``radius`` times the init's own range (``std`` over all
+  the layer's weights, a Conv2d's kernel entries);
 - ``rho_b = radius * std(Z)``, ``m = margin * std(Z)`` and ``lambda = l1 * std(Z)``,
-  with ``Z = H W^T + b`` the layer's pre-activations on the batch before the
-  change: a bias, a margin and a shortfall live in the units of the
+  with ``Z = H W^T + b`` the layer's pre-activations on every row of the batch
+  before the change: a bias, a margin and a shortfall live in the units of the
   pre-activation, not of the weights (a zero-initialized bias has no scale of
   its own).
+
+A layer with more rows than ``max_rows`` (a Conv2d has samples x output
+positions of them) gives its LPs a seeded sample of ``max_rows`` rows; its
+activity targets (``target_active``) are then the top rows of that sample.
+The report's zeros, margin counts and pre-activation statistics are over
+every row of the batch.
 """
 
 from __future__ import annotations
@@ -36,12 +45,16 @@ from lpinit.validation import (
     check_choice,
     check_data_tensor,
     check_lp_options,
+    check_max_rows,
     check_model,
     check_n_jobs,
     check_non_negative,
 )
 
 ANCHORS = ("mean",)
+DEFAULT_MAX_ROWS = 8192
+"""Rows per layer given to the LPs by default (README: how the LP objective
+and the zeros on every row change with it)."""
 LARGEST_BOUND = 1e15
 """Bounds at or above HiGHS's infinity (1e20) would be read as no bound at all."""
 
@@ -49,14 +62,17 @@ LARGEST_BOUND = 1e15
 @dataclass
 class LayerReport:
     """What the LP did to one layer. Bounds, margin and ``l1`` are absolute, so
-    anyone can re-solve the same LPs; counts are over (samples x units) of the
-    batch; pre-activation statistics are over the batch, before the LP, after
-    it, and after rescaling (the final parameters)."""
+    anyone can re-solve the same LPs; counts are over (rows x units) of the
+    batch, every row; pre-activation statistics are over every row, before
+    the LP, after it, and after rescaling (the final parameters). The LP
+    objective and ``met_target`` are over the ``lp_rows`` rows the LPs saw."""
 
     name: str
-    in_features: int
-    out_features: int
-    batch_size: int
+    in_features: int  # columns of each LP's H (a Conv2d: in_channels * kh * kw)
+    out_features: int  # units (a Conv2d: output channels)
+    batch_size: int  # samples
+    rows: int  # rows of the batch: samples (x output positions, for a Conv2d)
+    lp_rows: int  # rows each LP saw: rows, or a sample of max_rows of them
     weight_bound: float
     bias_bound: float
     margin: float
@@ -83,7 +99,7 @@ class LayerReport:
 
     @property
     def elements(self) -> int:
-        return self.batch_size * self.out_features
+        return self.rows * self.out_features
 
 
 @dataclass
@@ -99,6 +115,7 @@ class LPInitReport:
     anchor: str | None = None
     l1: float = 0.0
     target_active: float | None = None
+    max_rows: int | None = None
     layers: list[LayerReport] = field(default_factory=list)
     network_zeros_before: int = 0
     network_zeros_after: int = 0
@@ -137,17 +154,24 @@ class LPInitReport:
             "",
             "On the batch: zeros, pre-activations below the margin, pre-activation mean / RMS "
             "(before, after the LP, after rescaling)",
-            f"{'layer':<8}{'zeros':>17}{'< margin':>17}{'before':>15}{'LP':>15}{'rescaled':>15}"
+            f"{'layer':<8}{'zeros':>23}{'< margin':>23}{'before':>15}{'LP':>15}{'rescaled':>15}"
             f"{'max|dW|':>10}{'rel':>7}",
         ]
         for r in self.layers:
             rows.append(
-                f"{r.name:<8}{f'{r.zeros_before:,} -> {r.zeros_after:,}':>17}"
-                f"{f'{r.below_margin_before:,} -> {r.below_margin_after:,}':>17}"
+                f"{r.name:<8}{f'{r.zeros_before:,} -> {r.zeros_after:,}':>23}"
+                f"{f'{r.below_margin_before:,} -> {r.below_margin_after:,}':>23}"
                 f"{f'{r.preact_mean_before:.2f} / {r.preact_rms_before:.2f}':>15}"
                 f"{f'{r.preact_mean_lp:.2f} / {r.preact_rms_lp:.2f}':>15}"
                 f"{f'{r.preact_mean_after:.2f} / {r.preact_rms_after:.2f}':>15}"
                 f"{r.max_abs_weight_change:>10.2e}{r.relative_change:>7.3f}"
+            )
+        sampled = [r for r in self.layers if r.lp_rows < r.rows]
+        if sampled:
+            rows.append(
+                f"LPs on a seeded sample of rows (max_rows={self.max_rows}): "
+                + ", ".join(f"{r.name} {r.lp_rows:,} of {r.rows:,}" for r in sampled)
+                + "; LP objective and met target on the sample, everything else on every row"
             )
         before = self.network_zeros_before / max(self.network_elements, 1)
         after = self.network_zeros_after / max(self.network_elements, 1)
@@ -176,14 +200,18 @@ def lp_initialize(
     l1: float = 0.0,
     target_active: float | None = None,
     layers: Sequence[str] | None = None,
+    max_rows: int | None = DEFAULT_MAX_ROWS,
+    row_seed: int = 0,
     solver: str = "highs",
     n_jobs: int | None = None,
     time_limit_s: float | None = None,
     exact: bool = False,
     progress: bool | None = None,
 ) -> LPInitReport:
-    """Change, in place, every Linear layer that feeds a ReLU by the LP of
-    each unit (``lpinit.lp.problem``), layer after layer in forward order.
+    """Change, in place, every Linear and Conv2d layer that feeds a ReLU by
+    the LP of each unit (``lpinit.lp.problem``), layer after layer in forward
+    order. A Conv2d's units are its output channels, its rows the (sample,
+    output position) pairs of the batch (``lpinit.layer_rows``).
 
     Every new weight is computed first and written at the end with
     ``param.copy_``, so parameter objects, dtype and device are kept, and if
@@ -191,8 +219,10 @@ def lp_initialize(
     hits the time limit keeps its weights and is counted in the report.
 
     Args:
-        model: a network whose Linear layers feed ReLUs (modules, a reused
-            module, or ``F.relu``/``torch.relu`` calls).
+        model: a network whose Linear or Conv2d (``groups=1``) layers feed
+            ReLUs (modules, a reused module, or ``F.relu``/``torch.relu`` calls).
+            A chosen Conv2d with ``groups > 1`` is an error that names the
+            layers that can be changed.
         batch: float tensor of inputs (n, ...), on any device.
         radius: max change of each weight relative to ``sqrt(3) std(W)``, and
             of each bias relative to the spread ``std(Z)`` of the pre-activations.
@@ -206,7 +236,13 @@ def lp_initialize(
         target_active: ``q`` in (0, 1): each unit is to be active on the
             ``ceil(q n)`` samples where it is largest and inactive on the
             others, with the smallest change (needs ``margin > 0``).
-        layers: names of the layers to change (default: all ReLU-fed Linears).
+        layers: names of the layers to change (default: every ReLU-fed Linear
+            and Conv2d).
+        max_rows: the most rows of a layer that its LPs see: a layer with
+            more gets a uniform sample of ``max_rows`` of them, drawn with
+            ``row_seed`` (activity targets are then set on that sample). The
+            report's counts and statistics are over every row. ``None``: all rows.
+        row_seed: seeds the sample of rows (with the layer's name).
         solver: ``"highs"`` (highspy, parallel) or ``"cvxpy"`` (the readable
             reference; same optimum).
         n_jobs: processes for the highs path, this one included. ``None``: up
@@ -250,11 +286,12 @@ def lp_initialize(
             f"target_active={target_active!r}. Drop exact=True, or those options."
         )
     l1, _, target_active = check_lp_options(margin, l1, False, target_active)
+    max_rows = check_max_rows(max_rows)
 
     start = time.perf_counter()
 
     def solve(layer: LayerInput) -> tuple[np.ndarray, np.ndarray, tuple[LayerSolution, dict[str, Any]]]:
-        Z = layer.Z
+        Z = layer.Z_all
         spread = float(Z.std())
         bounds: dict[str, float] = {
             "weight_bound": radius * math.sqrt(3) * float(layer.W.std()),
@@ -285,20 +322,20 @@ def lp_initialize(
             desc=layer.name,
         )
         W_new, b_new = layer.W + solution.delta_weight, layer.b + solution.delta_bias
-        Z_lp = layer.H @ W_new.T + b_new
         measured = {
             **bounds,
             "l1": l1 * spread,
             "below_margin_before": int((bounds["margin"] > Z).sum()),
-            "below_margin_after": int((Z_lp < bounds["margin"]).sum()),
+            "below_margin_after": int((layer.rows.preactivations(W_new, b_new) < bounds["margin"]).sum()),
             "met_target": None,
         }
-        if target_active is not None:  # active exactly on the target rows (signs survive rescaling)
-            measured["met_target"] = int(((Z_lp > 0) == top_rows(Z, target_active)).all(axis=0).sum())
+        if target_active is not None:  # active exactly on the target rows of H (signs survive rescaling)
+            Z_lp = layer.H @ W_new.T + b_new
+            measured["met_target"] = int(((Z_lp > 0) == top_rows(layer.Z, target_active)).all(axis=0).sum())
         return W_new, b_new, (solution, measured)
 
-    result = adjust_layerwise(model, batch, solve, layers=layers, rescale=rescale)
-    report = LPInitReport(radius, margin, solver, exact, rescale, anchor, l1, target_active)
+    result = adjust_layerwise(model, batch, solve, layers=layers, rescale=rescale, max_rows=max_rows, row_seed=row_seed)
+    report = LPInitReport(radius, margin, solver, exact, rescale, anchor, l1, target_active, max_rows)
     for change, (solution, measured) in result.layers:
         report.layers.append(_layer_report(change, solution, measured))
     report.network_zeros_before = result.network_zeros_before
@@ -315,6 +352,8 @@ def _layer_report(change: LayerChange, solution: LayerSolution, measured: dict[s
         in_features=change.in_features,
         out_features=change.out_features,
         batch_size=change.samples,
+        rows=change.rows,
+        lp_rows=change.adjusted_rows,
         weight_bound=measured["weight_bound"],
         bias_bound=measured["bias_bound"],
         margin=measured["margin"],

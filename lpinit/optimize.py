@@ -78,13 +78,15 @@ def _folder_name(text: str) -> str:
 
 
 def build_model(spec: str) -> nn.Module:
-    """``seed-mlp``, ``mlp:784,750,10`` (ReLU-fed hidden layers), or
-    ``package.module:factory`` (a no-argument callable returning an nn.Module).
+    """``seed-mlp``, ``cnn`` (``lpinit.cnn``), ``mlp:784,750,10`` (ReLU-fed hidden
+    layers), or ``package.module:factory`` (a no-argument callable returning an nn.Module).
     Raises ValueError, with a one-line message, for anything else."""
-    from lpinit.models import mlp, seed_mlp
+    from lpinit.models import cnn, mlp, seed_mlp
 
     if spec == "seed-mlp":
         return seed_mlp()
+    if spec == "cnn":
+        return cnn()
     if spec.startswith("mlp:"):
         try:
             widths = [int(w) for w in spec[4:].split(",")]
@@ -95,7 +97,7 @@ def build_model(spec: str) -> nn.Module:
         return mlp(widths)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"unknown --model {spec!r}; expected seed-mlp, mlp:784,...,10 or package.module:factory")
+        raise ValueError(f"unknown --model {spec!r}; expected seed-mlp, cnn, mlp:784,...,10 or package.module:factory")
     return _call_factory(spec, _load_factory(spec, module_name, attr))
 
 
@@ -146,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _OneLineParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0])
     add = parser.add_argument
-    add("--model", default="seed-mlp", help="seed-mlp (default), mlp:784,W1,...,10, or package.module:factory")
+    add(
+        "--model",
+        default="seed-mlp",
+        help="seed-mlp (default), cnn (a LeNet-5-style CNN), mlp:784,W1,...,10, or package.module:factory",
+    )
     add("--batch-size", type=_positive_int, default=256, help="MNIST training images in the LP batch (default 256)")
     add(
         "--radius",
@@ -272,17 +278,17 @@ def lp_processes(model: nn.Module, jobs: int, solver: str) -> int:
     import torch
 
     from lpinit.lp.highs import MIN_UNITS_PER_PROCESS
-    from lpinit.tracing import relu_fed_linears
+    from lpinit.tracing import relu_fed_layers
 
     reference = next(model.parameters(), None)
     example = torch.zeros(2, 1, 28, 28)
     if reference is not None:
         example = example.to(device=reference.device, dtype=reference.dtype)
     try:
-        layers = relu_fed_linears(model, example)
+        layers = relu_fed_layers(model, example)
     except Exception:  # the model does not run on MNIST: lp_initialize reports why, clearly
         return 1
-    widest = max((layer.out_features for _, layer in layers), default=0)
+    widest = max((layer.weight.shape[0] for _, layer in layers), default=0)  # units: outputs or channels
     return max(1, min(jobs, widest // MIN_UNITS_PER_PROCESS))
 
 

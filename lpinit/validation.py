@@ -127,8 +127,11 @@ def run_model(model: nn.Module, batch: torch.Tensor) -> Any:
     try:
         return model(batch)
     except RuntimeError as err:
-        first = next((m for m in model.modules() if isinstance(m, nn.Linear)), None)
-        hint = f" Its first Linear layer expects {first.in_features} features." if first else ""
+        first = next((m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
+        if isinstance(first, nn.Conv2d):
+            hint = f" Its first layer, a Conv2d, expects {first.in_channels} input channels (n, C, H, W)."
+        else:
+            hint = f" Its first Linear layer expects {first.in_features} features." if first else ""
         raise ValueError(
             f"The model could not run on a batch of shape {tuple(batch.shape)} "
             f"(dtype {batch.dtype}): {err}.{hint} Reshape the data to what the model takes."
@@ -191,6 +194,26 @@ def check_n_jobs(n_jobs: Any) -> int | None:
             f"Expected n_jobs >= 1 or None (all cores), got {n_jobs}. Pass n_jobs=1 to solve in this process."
         )
     return int(n_jobs)
+
+
+def check_max_rows(max_rows: Any) -> int | None:
+    """Return ``max_rows`` if it is ``None`` (every row) or an int >= 1."""
+    if max_rows is None:
+        return None
+    if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)):
+        raise TypeError(f"Expected max_rows to be a positive int or None (every row), got {max_rows!r}.")
+    if max_rows < 1:
+        raise ValueError(f"Expected max_rows >= 1 or None (every row), got {max_rows}. Pass e.g. max_rows=8192.")
+    return int(max_rows)
+
+
+def check_seed(seed: Any, name: str) -> int:
+    """Return ``seed`` if it is an int >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"Expected {name} to be an int >= 0, got {seed!r}.")
+    if seed < 0:
+        raise ValueError(f"Expected {name} >= 0, got {seed}. Pass e.g. {name}=0.")
+    return int(seed)
 
 
 def check_lp_options(margin: float, l1: Any, anchor: Any, target_active: Any) -> tuple[float, bool, float | None]:

@@ -34,8 +34,8 @@ def test_build_model_leaves_global_rng_alone():
     torch.manual_seed(123)
     build_model("mlp", 0)
     assert torch.equal(torch.rand(3), expected)
-    with pytest.raises(ValueError, match="Valid archs: seed, mlp"):
-        build_model("cnn", 0)
+    with pytest.raises(ValueError, match="Valid archs: seed, mlp, cnn"):
+        build_model("resnet", 0)
 
 
 def test_kaiming_normal_has_he_std_and_zero_bias(image_batch):
@@ -240,3 +240,37 @@ def test_a_composed_bias_shift_matches_its_lp(image_batch):
     info = initialize("default+bias_shift(target=0.7,radius=1,rescale=unit)", shift, batch, 0)
     assert info["bias_shift_targets"] == pytest.approx(want)
     assert inits.relu_zero_fractions(shift, batch) == pytest.approx(want, abs=1 / 48 + 1e-6)
+
+
+def test_kaiming_normal_on_a_cnn_uses_each_kernels_fan_in(image_batch):
+    model = build_model("cnn", 0)
+    initialize("kaiming_normal", model, image_batch, 0)
+    for layer, fan_in in ((model.conv1, 25), (model.conv2, 150), (model.fc1, 256)):
+        assert layer.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.1)
+        assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_lsuv_on_a_cnn_gives_unit_variance_over_samples_channels_and_positions(image_batch):
+    model = build_model("cnn", 0)
+    initialize("lsuv", model, image_batch, 0)
+    x = image_batch  # independent oracle: the forward pass written out by hand
+    with torch.no_grad():
+        z1 = torch.nn.functional.conv2d(x, model.conv1.weight, model.conv1.bias)
+        z2 = torch.nn.functional.conv2d(torch.max_pool2d(torch.relu(z1), 2), model.conv2.weight, model.conv2.bias)
+        h = torch.max_pool2d(torch.relu(z2), 2).flatten(1)
+        z3 = h @ model.fc1.weight.T + model.fc1.bias
+    for z in (z1, z2, z3):
+        assert z.var().item() == pytest.approx(1.0, abs=0.011)
+    # the kernels started orthonormal: rows of the reshaped kernel are orthogonal before scaling
+    kernel = model.conv2.weight.reshape(16, -1)
+    gram = kernel @ kernel.T
+    assert torch.allclose(gram, torch.diag(torch.diag(gram)), atol=1e-5)
+
+
+def test_rai_on_a_cnn_has_one_beta_entry_per_output_channel(image_batch):
+    model = build_model("cnn", 0)
+    initialize("rai", model, image_batch, 0)
+    v = torch.cat([model.conv2.weight.reshape(16, -1), model.conv2.bias[:, None]], 1).detach()
+    assert v.shape == (16, 151)
+    big = v > 0.3  # N(0, 0.6007^2/150) entries are ~6 std below this; Beta(2, 1) is above it 91% of the time
+    assert (big.sum(1) <= 1).all() and big.sum() >= 10

@@ -397,15 +397,16 @@ def test_exact_mode_beats_the_lp_on_a_hand_solved_case(solver):
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("exact", [False, True])
 def test_time_limit_keeps_the_weights(solver, exact):
-    H, W, b = random_layer(12, k=3)
+    # margins that no start meets outright, whose crash basis is not already optimal (LP),
+    # yet that MIP presolve alone cannot settle
+    H, W, b = random_layer(12 if exact else 20, k=3)
     solution = solve_layer(
-        # margins no start meets outright, yet that MIP presolve alone cannot settle
         H,
         W,
         b,
         weight_bound=0.2,
         bias_bound=0.1,
-        margin=0.5 if exact else 2.0,
+        margin=0.5 if exact else 1.0,
         solver=solver,
         exact=exact,
         n_jobs=1,

@@ -402,8 +402,11 @@ def _run(calls, tmp_path, *argv, out="out"):
 
 
 def check_model(calls, tmp_path, capsys):
-    result, *_ = _run(calls, tmp_path, "--model", "mlp:784,24,12,10")
+    result, *_ = _run(calls, tmp_path, "--model", "mlp:784,24,12,10", out="mlp")
     assert [(x["name"], x["out_features"]) for x in result["report"]["layers"]] == [("fc1", 24), ("fc2", 12)]
+    result, *_ = _run(calls, tmp_path, "--model", "cnn", out="cnn")
+    names = [(x["name"], x["out_features"]) for x in result["report"]["layers"]]
+    assert names == [("conv1", 6), ("conv2", 16), ("fc1", 120), ("fc2", 84)]
 
 
 def check_batch_size(calls, tmp_path, capsys):

@@ -6,8 +6,9 @@ On top of the reduction (dual fixing and the shift):
 1. *Built once.* The LP is built once per layer and process; per unit only
    the row bounds change.
 2. *Crash start.* Dual simplex starts each unit from every weight at the
-   bound that raises the unit's short rows; a unit whose start already meets
-   every margin is done without HiGHS.
+   bound that raises the unit's short rows, with those rows' shortfalls
+   basic (``_CrashStart``); a unit whose start already meets every margin is
+   done without HiGHS.
 3. *Checks.* Every answer is checked against a duality bound and solved again
    from scratch if it fails, since HiGHS has returned wrong optima from warm
    starts (ERGO-Code/HiGHS#3194, #3294).
@@ -139,15 +140,16 @@ def _solve_lp_chunk(
     rows, upper = np.arange(n, dtype=np.int32), np.full(n, highspy.kHighsInf)
     solution = LayerSolution.empty(units, len(dense.free))
     D, Y = np.zeros((free, units)), np.zeros((n, units))  # free weights' changes and row duals
+    short = np.zeros((n, units), dtype=bool)  # rows the crash start takes as short
     if not warm_start:
-        D[:] = crash.points(rhs_left)
+        D[:], short[:] = crash.points(rhs_left)
         # a start that meets every margin is optimal as it is (objective 0)
         met = np.flatnonzero((dense.shortfall(R, D) <= 0).all(axis=0))
         _accept(dense, met, D[:, met], np.zeros(len(met)), solution)
     solved = np.zeros(units, dtype=bool)  # by HiGHS, to be checked
     for k in range(units):
         if solution.status[k] != OPTIMAL:
-            basis = None if warm_start else crash.basis(D[:, k])
+            basis = None if warm_start else crash.basis(D[:, k], short[:, k])
             began = time.perf_counter()  # solver time: the unit's HiGHS calls, from its bounds to its answer
             highs.changeRowsBounds(n, rows, rhs_left[:, k], upper)  # type: ignore[attr-defined]
             if basis is not None:
@@ -183,34 +185,68 @@ def _solve_lp_chunk(
 
 
 class _CrashStart:
-    """Where dual simplex starts each unit: every free weight at the bound that
-    raises the rows still below the margin (in sum), every row's slack basic.
+    """Where dual simplex starts each unit: a set of rows taken to fall short
+    of the margin (multiplier ``y_i = 1``: their shortfall ``s_i`` basic, the
+    row at its bound), every free weight at the bound that raises those rows
+    in sum (``sign(H^T y)``), the other rows basic (``y_i = 0``).
 
-    Any such choice of bounds is dual feasible, since the weights cost nothing.
+    Any such start is dual feasible, since the weights cost nothing; its
+    primal infeasibilities are the rows whose side at that point differs from
+    the set, and dual simplex needs about one iteration for each. The set is
+    the rows short at ``d = 0``, or at the point that set gives, and so on for
+    ``ROUNDS`` rounds: per unit, the round with the fewest such rows wins
+    (on tall layers, such as a Conv2d's, the first round alone leaves
+    thousands).
     """
 
+    ROUNDS = 2
+
     def __init__(self, reduced: ReducedLP):
-        n, _ = reduced.shape
-        status = highspy.HighsBasisStatus
         self.reduced = reduced
         self.S_transposed = reduced.S.T
-        self.at_bound = np.array([status.kLower, status.kUpper], dtype=object)
-        # s at 0; t (if shifted) basic, with the equation row's slack at its bound 0
-        self.other_columns = [status.kLower] * n + ([status.kBasic] if reduced.shifted else [])
-        self.rows = [status.kBasic] * n + ([status.kLower] if reduced.shifted else [])
-        self._basis = highspy.HighsBasis()  # reused: only the weights' statuses change
-        self._basis.row_status = self.rows
+        # per column and row, the statuses when the row is short (code 1) or not (code 0)
+        self.weight_status = np.array([_LOWER, _UPPER], dtype=np.intp)
+        self.shortfall_status = np.array([_LOWER, _BASIC], dtype=np.intp)
+        self.row_status = np.array([_BASIC, _LOWER], dtype=np.intp)
+        # t (if shifted) basic, with the equation row at its bound 0
+        self.t_column = [_BASIC] if reduced.shifted else []
+        self.equation_row = [_LOWER] if reduced.shifted else []
+        self._basis = highspy.HighsBasis()  # reused: HiGHS copies it
         self._basis.valid = True
 
-    def points(self, rhs_left: np.ndarray) -> np.ndarray:
-        """The free weights' changes to start from, one column per unit."""
-        below = (rhs_left > 0).astype(float)
-        raises = self.S_transposed @ below + np.outer(self.reduced.c, below.sum(axis=0)) > 0
+    def _point(self, short: np.ndarray) -> np.ndarray:
+        """``sign(H_free^T y)`` at the bounds, for ``y`` the indicator of ``short``."""
+        y = short.astype(float)
+        raises = self.S_transposed @ y + np.outer(self.reduced.c, y.sum(axis=0)) > 0
         return np.where(raises, self.reduced.weight_bound, -self.reduced.weight_bound)
 
-    def basis(self, d: np.ndarray) -> highspy.HighsBasis:
-        """The start for a unit whose start point is ``d`` (HiGHS copies it)."""
-        self._basis.col_status = self.at_bound[(d > 0).astype(np.intp)].tolist() + self.other_columns
+    def points(self, rhs_left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The free weights' changes to start from and the rows taken as
+        short, one column per unit."""
+        short = rhs_left > 0
+        best_D, best_short = self._point(short), short
+        fewest = np.full(short.shape[1], np.iinfo(np.int64).max)
+        for _ in range(self.ROUNDS):
+            D = self._point(short)
+            short_at_D = rhs_left - self.reduced.S @ D - self.reduced.c @ D > 0
+            mismatched = (short_at_D != short).sum(axis=0)
+            better = mismatched < fewest
+            best_D[:, better], best_short[:, better], fewest[better] = (
+                D[:, better],
+                short[:, better],
+                mismatched[better],
+            )
+            short = short_at_D
+        return best_D, best_short
+
+    def basis(self, d: np.ndarray, short: np.ndarray) -> highspy.HighsBasis:
+        """The start for a unit whose start point is ``d`` and rows taken as
+        short ``short`` (HiGHS copies it)."""
+        short_code = short.astype(np.intp)
+        columns = np.r_[self.weight_status[(d > 0).astype(np.intp)], self.shortfall_status[short_code], self.t_column]
+        rows = np.r_[self.row_status[short_code], self.equation_row]
+        self._basis.col_status = _STATUSES[columns.astype(np.intp)].tolist()
+        self._basis.row_status = _STATUSES[rows.astype(np.intp)].tolist()
         return self._basis
 
 
@@ -551,22 +587,52 @@ class _GeneralModel:
     def crash_basis(self, z: np.ndarray, active: np.ndarray) -> highspy.HighsBasis:
         """A dual feasible start for one unit, close to its optimum.
 
-        Rows that miss their side of the margin at ``d = 0`` get their slack
-        basic (row multiplier ``y_i = +-C``), the others their logical. Each
-        change variable then sits at the bound its reduced cost asks for,
+        Rows taken to miss their side of the margin get their slack basic
+        (row multiplier ``y_i = +-C``), the others their logical. Each change
+        variable then sits at the bound its reduced cost asks for,
         ``sign(g_k + mu hbar_k)`` past ``+-lambda`` with ``g = H^T y``; with the
         anchor, ``mu`` is the multiplier at which the anchor's row
         ``hbar . d + e`` crosses 0 (a step function of ``mu``), and the
         variable at that step is basic in the anchor's row.
+
+        The rows taken to miss are those that miss at ``d = 0``; on a tall
+        layer (more rows than weights, e.g. a Conv2d's), or those that miss at
+        the point the previous set gives, for up to ``_CrashStart.ROUNDS``
+        rounds: the set whose point leaves the fewest rows on another side
+        than assumed (each costs dual simplex about one iteration) wins. (On
+        the seed MLP's anchored LPs the later rounds measured no better.)
         """
-        C = self.shortfall_cost
         missed = np.where(active, z < self._margin, z > -self._margin)
+        best: tuple[int, np.ndarray, np.ndarray] | None = None
+        for _ in range(_CrashStart.ROUNDS if self.n > self.p else 1):
+            col, row, change = self._start(missed, active)
+            z_new = z + self.dense_H @ change[: self.p] + (change[self.p] if self.has_e else 0.0)
+            missed_new = np.where(active, z_new < self._margin, z_new > -self._margin)
+            mismatched = int((missed_new != missed).sum())
+            if best is None or mismatched < best[0]:
+                best = (mismatched, col, row)
+            if mismatched == 0:
+                break
+            missed = missed_new
+        assert best is not None
+        self._basis.col_status = _STATUSES[best[1]].tolist()
+        self._basis.row_status = _STATUSES[best[2]].tolist()
+        return self._basis
+
+    def _start(self, missed: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The basis (column and row status codes) for the rows ``missed``,
+        and its point: the change of the weights (and the bias, last)."""
+        C = self.shortfall_cost
         y = np.where(missed, np.where(active, C, -C), 0.0)
         g = np.r_[self.dense_H.T @ y, [y.sum()] * self.has_e]
         mu, basic = self._anchor_multiplier(g) if self.anchor else (0.0, -1)
         v = g + mu * self.hbar
         direction = np.where(v > self.cost, 1, np.where(v < -self.cost, -1, 0))
         direction[~self.split & (direction == 0)] = -1  # unsplit, cost 0: v == 0 exactly; either bound
+        change = direction * self.bound
+        if basic >= 0:  # its value meets the anchor's row, hbar . change = 0
+            rest = self.hbar @ change - self.hbar[basic] * change[basic]
+            change[basic] = np.clip(-rest / self.hbar[basic], -self.bound[basic], self.bound[basic])
 
         col = np.full(self.columns, _LOWER, dtype=np.intp)
         p = self.p
@@ -592,9 +658,7 @@ class _GeneralModel:
 
         row = np.where(missed, np.where(active, _LOWER, _UPPER), _BASIC)
         extra = [_LOWER] * self.shifted + ([_BASIC if basic < 0 else _LOWER] if self.anchor else [])
-        self._basis.col_status = _STATUSES[col].tolist()
-        self._basis.row_status = _STATUSES[np.r_[row, extra].astype(np.intp)].tolist()
-        return self._basis
+        return col, np.r_[row, extra].astype(np.intp), change
 
     def _anchor_multiplier(self, g: np.ndarray) -> tuple[float, int]:
         """``mu`` where ``phi(mu) = sum_k hbar_k bound_k direction_k(mu)`` steps

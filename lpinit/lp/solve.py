@@ -89,8 +89,9 @@ def solve_layer(
             unit's optimal basis instead of a crash start (for the plain LP,
             units ordered so that neighbours have similar right-hand sides).
             ``None``: what measured faster (README, benchmarks): the previous
-            unit's basis for ``l1`` and activity targets without the anchor,
-            a crash start otherwise.
+            unit's basis for ``l1`` and activity targets without the anchor
+            on layers with no more rows than columns (an MLP's), a crash
+            start otherwise (the anchor; tall layers, such as a Conv2d's).
         progress: show a progress bar over units (``None``: only on an
             interactive terminal).
         desc: label of the progress bar.
@@ -138,9 +139,10 @@ def solve_layer(
             if solver == "cvxpy":
                 solution = solve_cvxpy_general(H, Z, formulation, time_limit_s=time_limit_s, tick=bar.update)
             else:
-                # measured (README, benchmarks): the crash start pays with the anchor, the previous
-                # unit's basis without it
-                hot_start = not formulation.anchor if warm_start is None else warm_start
+                # measured (README, benchmarks): the crash start pays with the anchor, and on tall
+                # layers (more rows than columns, e.g. a Conv2d's); the previous unit's basis otherwise
+                tall = H.shape[0] > H.shape[1]
+                hot_start = not (formulation.anchor or tall) if warm_start is None else warm_start
                 lps = GeneralLPs.from_layer(H, Z, formulation, hot_start=hot_start)
                 solution = solve_general(lps, n_jobs=n_jobs, time_limit_s=time_limit_s, tick=bar.update)
         elif solver == "cvxpy":
