@@ -211,7 +211,14 @@ def run_one(spec: RunSpec, settings: Settings) -> dict:
     }
 
 
+STABILITY_ARCHS = ("seed", "mlp")
+"""Architectures the stability measurement applies to: ``lpinit.theory`` works on
+chains of Linear layers and ReLUs (the CNN's runs record no stability rows)."""
+
+
 def _stability_rows(model: nn.Module, images: torch.Tensor, spec: RunSpec, stage: str) -> list[dict]:
+    if spec.arch not in STABILITY_ARCHS:
+        return []
     g = torch.Generator().manual_seed(spec.seed)
     rows = stability.measure_stability(model, images, generator=g)
     return [{**row, "init": spec.init, "arch": spec.arch, "seed": spec.seed, "stage": stage} for row in rows]

@@ -76,6 +76,12 @@ DEFAULT_CANDIDATES = (
 DOSE_INITS = (*dose_inits(DOSES, (0.3, 0.9), ("default", "kaiming_normal")), "lsuv", *DEFAULT_CANDIDATES)
 DOSE_LR_INITS = dose_inits((DOSES[0], DOSES[-1]), (), ("default", "kaiming_normal"))
 
+DEFAULT_LP = "lp(radius=3,rescale=unit,target=0.5)"
+"""lp_initialize's defaults as a step (chosen from the dose results: README)."""
+DEFAULT_LP_CONTROL = "quantile_bias(q=0.5,rescale=unit)"
+"""Its closed-form control: the same activity per unit, by the bias alone."""
+CNN_INITS = ("default", "kaiming_normal", "lsuv", "rai", f"default+{DEFAULT_LP}", f"default+{DEFAULT_LP_CONTROL}")
+
 
 def _help(text: str, default, **kwargs):
     return field(default=default, metadata={"help": text}, **kwargs)
@@ -173,6 +179,9 @@ PRESETS: dict[str, dict] = {
     "dose": dict(inits=DOSE_INITS, archs=tuple(ARCHS), seeds=10, epochs=5, stability_images=64),
     # Its learning-rate check, into the same folder: the extreme doses at lr
     # 0.001 and 0.003, 3 seeds.
+    # The CNN (issue 13): the random and data-dependent baselines, lp_initialize's
+    # defaults and their closed-form control, 10 seeds.
+    "cnn": dict(inits=CNN_INITS, archs=("cnn",), seeds=10, epochs=5, stability_images=64),
     "dose-lr": dict(
         name="dose", inits=DOSE_LR_INITS, archs=tuple(ARCHS), seeds=3, lrs=(0.001, 0.003), stability_images=64
     ),
