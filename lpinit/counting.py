@@ -207,8 +207,8 @@ class _Tally:
         out = call.output
         if out.numel() % self.batch_size:
             raise ValueError(
-                f"Expected every ReLU output to hold a whole number of values per sample, but ReLU "
-                f"#{call.position + 1} output shape {tuple(out.shape)} on a batch of {self.batch_size}. "
+                f"Expected every ReLU output to hold the same number of values for each sample, but ReLU "
+                f"#{call.position + 1} returned shape {tuple(out.shape)} for a batch of {self.batch_size}. "
                 "Counting needs ReLUs applied to batch-first tensors."
             )
         values = _as_numpy(out.reshape(self.batch_size, -1))

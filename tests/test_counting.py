@@ -351,3 +351,18 @@ def test_result_serializes_and_prints(mnist_test):
     assert "distinct activation patterns" in str(result)
     with pytest.raises(KeyError, match="Sites: fc1, fc2, fc3, fc4"):
         result.site("fc9")
+
+
+class ReluOnAParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.gate = nn.Parameter(torch.ones(5))
+
+    def forward(self, x):
+        return self.fc(x) * torch.relu(self.gate).sum()
+
+
+def test_relu_outputs_that_are_not_batch_first_are_rejected():
+    with pytest.raises(ValueError, match=r"ReLU #1 returned shape \(5,\) for a batch of 4.*batch-first"):
+        count_relu_zeros(ReluOnAParameter(), torch.zeros(4, 3))
