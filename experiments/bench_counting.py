@@ -10,7 +10,7 @@ The seed notebook's per-element loop is timed on a subset and extrapolated,
 since the full loop takes over a minute. Goal: counting <= 1.15x the forward
 pass at batch 1,000.
 
-    python -m experiments.bench_counting [--repeats 11] [--batch-sizes 100,1000,10000] [--loop-images 200]
+    python -m experiments.bench_counting [--repeats 11] [--batch-sizes 100,1000,10000] [--threads N] [--loop-images 200]
 """
 
 from __future__ import annotations
@@ -82,11 +82,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11, help="timings per method and batch size")
     parser.add_argument("--batch-sizes", default="100,1000,10000", help="comma-separated batch sizes")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument(
         "--loop-images", type=int, default=200, help="images for the notebook's element loop (extrapolated to all)"
     )
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     model = seed_mlp().eval()
