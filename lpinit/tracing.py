@@ -172,6 +172,6 @@ def relu_fed_linears(model: nn.Module, example: torch.Tensor) -> list[tuple[str,
         model(example)
     found: dict[int, tuple[str, nn.Linear]] = {}
     for call in calls:
-        if isinstance(call.feeder, nn.Linear) and call.feeder_name is not None:
-            found.setdefault(id(call.feeder), (call.feeder_name, call.feeder))
+        if isinstance(call.feeder, nn.Linear):
+            found.setdefault(id(call.feeder), (call.feeder_name or "", call.feeder))
     return list(found.values())
