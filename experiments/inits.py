@@ -97,7 +97,8 @@ def kaiming_normal_(model: nn.Module, generator: torch.Generator) -> None:
     """W ~ N(0, 2 / fan_in), b = 0."""
     for layer in _layers(model):
         nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
-        nn.init.zeros_(layer.bias)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
 @torch.no_grad()
@@ -105,7 +106,8 @@ def xavier_uniform_(model: nn.Module, generator: torch.Generator) -> None:
     """W ~ U(-a, a), a = sqrt(6 / (fan_in + fan_out)), b = 0."""
     for layer in _layers(model):
         nn.init.xavier_uniform_(layer.weight, generator=generator)
-        nn.init.zeros_(layer.bias)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
 @torch.no_grad()
@@ -113,7 +115,8 @@ def orthogonal_(model: nn.Module, generator: torch.Generator) -> None:
     """W = a (semi-)orthogonal matrix from the QR of a Gaussian one, b = 0."""
     for layer in _layers(model):
         nn.init.orthogonal_(layer.weight, generator=generator)
-        nn.init.zeros_(layer.bias)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
 def _layer_outputs(model: nn.Module, batch: torch.Tensor, layers: Sequence[nn.Module]) -> list[torch.Tensor]:
@@ -170,7 +173,8 @@ def rai_(model: nn.Module, generator: torch.Generator) -> None:
         k = torch.randint(0, fan_in + 1, (fan_out,), generator=generator)
         v[torch.arange(fan_out), k] = torch.rand(fan_out, generator=generator).sqrt()
         layer.weight.copy_(v[:, :-1].reshape(layer.weight.shape))
-        layer.bias.copy_(v[:, -1])
+        if layer.bias is not None:
+            layer.bias.copy_(v[:, -1])
 
 
 def lp_options(step: Step, default_margin: float) -> dict:

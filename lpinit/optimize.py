@@ -269,6 +269,11 @@ def _remove_empty(folders: list[Path]) -> None:
             folder.rmdir()
 
 
+def _units(layer: nn.Module) -> int:
+    """The LP's units of a layer: a Linear's outputs, a Conv2d's output channels."""
+    return int(layer.out_features if isinstance(layer, nn.Linear) else getattr(layer, "out_channels", 0))
+
+
 def lp_processes(model: nn.Module, jobs: int, solver: str) -> int:
     """How many processes the LP will use for ``model`` with ``n_jobs=jobs``:
     the highs path gives each process at least ``MIN_UNITS_PER_PROCESS`` units
@@ -288,7 +293,8 @@ def lp_processes(model: nn.Module, jobs: int, solver: str) -> int:
         layers = relu_fed_layers(model, example)
     except Exception:  # the model does not run on MNIST: lp_initialize reports why, clearly
         return 1
-    widest = max((layer.weight.shape[0] for _, layer in layers), default=0)  # units: outputs or channels
+    units = [_units(layer) for _, layer in layers]
+    widest = max(units, default=0)
     return max(1, min(jobs, widest // MIN_UNITS_PER_PROCESS))
 
 
