@@ -271,6 +271,8 @@ def _remove_empty(folders: list[Path]) -> None:
 
 def _units(layer: nn.Module) -> int:
     """The LP's units of a layer: a Linear's outputs, a Conv2d's output channels."""
+    from torch import nn
+
     return int(layer.out_features if isinstance(layer, nn.Linear) else getattr(layer, "out_channels", 0))
 
 
