@@ -543,3 +543,16 @@ def test_the_max_rows_table_runs_on_a_tiny_budget(monkeypatch, capsys):
     assert [line.split()[0] for line in lines[2:]] == ["100", "all"]
     objective_all_rows = [float(line.split()[5]) for line in lines[2:]]
     assert objective_all_rows[1] <= objective_all_rows[0] + 1e-6  # every row's LP is the optimum on every row
+
+
+def test_the_max_rows_table_of_the_target_lp_on_conv2(monkeypatch, capsys):
+    from experiments import max_rows
+
+    argv = ["max_rows", "--batch-size", "2", "--max-rows", "50,all", "--layer", "conv2", "--target-active", "0.5"]
+    monkeypatch.setattr("sys.argv", [*argv, "--radius", "3", "--rescale", "unit"])
+    max_rows.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert "conv2" in lines[0] and [line.split()[0] for line in lines[2:]] == ["50", "all"]
+    for line in lines[2:]:
+        met, units, off_target = int(line.split()[5]), int(line.split()[7]), float(line.split()[8])
+        assert 0 <= met <= units == 16 and 0.0 <= off_target <= 0.5
