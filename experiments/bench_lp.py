@@ -68,7 +68,7 @@ from torch import nn
 
 import lpinit.initialize
 from lpinit import cnn, load_mnist, lp_initialize, seed_mlp
-from lpinit.initialize import DEFAULT_MAX_ROWS
+from lpinit.initialize import DEFAULT_MAX_ROWS, DEFAULTS, PLAIN_LP
 from lpinit.lp import highs as fast
 from lpinit.lp import solve_layer, stop_workers
 from lpinit.lp.problem import Formulation, ReducedLP
@@ -324,12 +324,15 @@ def main() -> None:
 # ---------------------------------------------------------------- the CNN
 
 CNN_VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": {},
-    "anchor": dict(anchor="mean"),
-    "l1": dict(l1=0.01),
-    "target": dict(target_active=0.5),
+    "plain": PLAIN_LP,
+    "anchor": {**PLAIN_LP, "anchor": "mean"},
+    "l1": {**PLAIN_LP, "l1": 0.01},
+    "target": {**PLAIN_LP, "target_active": 0.5},
+    "defaults": {},
 }
-"""LP options timed on the CNN (``lp_initialize`` keywords)."""
+"""LP options timed on the CNN (``lp_initialize`` keywords): the LP as first
+posed (radius 0.1, margin 0.1), each option added to it, and lp_initialize's
+defaults."""
 
 
 def record_lps(model: nn.Module, batch: torch.Tensor, **options) -> list[tuple]:
@@ -401,7 +404,8 @@ def main_cnn(args: argparse.Namespace) -> None:
     stop_workers()
     print(
         f"cnn() (default init, seed {args.seed}), {args.batch_size} MNIST training images, "
-        f"lp_initialize(model, batch) with max_rows={DEFAULT_MAX_ROWS} (the default), radius 0.1, margin 0.1"
+        f"lp_initialize(model, batch, **variant) with max_rows={DEFAULT_MAX_ROWS} (the default); variants: the "
+        f"plain LP {PLAIN_LP}, one option added to it, and the defaults {DEFAULTS}"
     )
     record: dict = dict(settings=vars(args))
     for variant in args.variants.split(","):
@@ -438,7 +442,7 @@ def main_cnn(args: argparse.Namespace) -> None:
     print("whole CNN against max_rows (plain LP; median of --repeats):")
     record["max_rows"] = []
     for value in (int(x) for x in args.max_rows_list.split(",")):
-        wall, report = time_cnn(batch, args.seed, args.repeats, max_rows=value)
+        wall, report = time_cnn(batch, args.seed, args.repeats, **PLAIN_LP, max_rows=value)
         conv1 = report.layers[0]
         print(
             f"  max_rows {value:6d}: {wall:6.2f} s; conv1's LPs {conv1.wall_time_s:6.2f} s "
