@@ -297,3 +297,11 @@ def test_rai_on_a_cnn_has_one_beta_entry_per_output_channel(image_batch):
 def test_an_lp_step_passes_every_option_so_a_name_does_not_follow_the_library_defaults(name, expected):
     (step,) = parse_init_name(name).steps
     assert lp_options(step, default_margin=0.1) == expected
+
+
+def test_the_harness_name_of_the_defaults_is_lp_initializes_defaults():
+    from experiments.settings import DEFAULT_LP
+    from lpinit.initialize import DEFAULTS
+
+    (step,) = parse_init_name(f"default+{DEFAULT_LP}").steps
+    assert lp_options(step, default_margin=0.1) == DEFAULTS
