@@ -77,6 +77,7 @@ def dose_sections(records: list[dict], folder: Path, n_boot: int) -> tuple[list[
     body += _dead_logits_table(runs)
     body += _scale_table(runs)
     body += _candidates(runs)
+    body += _good_starts(runs)
     return answer, body
 
 
@@ -228,6 +229,49 @@ def _scale_table(runs: list[DoseRun]) -> list[str]:
         ratios = " | ".join(f"{r['ratios'].get(layer, math.nan):.2f}" for layer in layers)
         lines.append(f"| {r['arch']} | {r['lr']:g} | {r['init']} | {ratios} |")
     return [*lines, ""]
+
+
+def _good_starts(runs: list[DoseRun]) -> list[str]:
+    """lp_initialize's defaults applied to a good start (He, LSUV), against that start, paired over seeds."""
+    from experiments.settings import DEFAULT_LP
+    from experiments.stats import paired_test
+
+    index = {(r.arch, r.lr, r.init, r.seed): r for r in runs}
+    rows = []
+    for base in ("kaiming_normal", "lsuv"):
+        for arch in sorted({r.arch for r in runs}):
+            mine = [r for r in runs if (r.init, r.arch, r.lr) == (f"{base}+{DEFAULT_LP}", arch, MAIN_LR)]
+            diffs = [
+                r.accuracy - index[(arch, MAIN_LR, base, r.seed)].accuracy
+                for r in mine
+                if (arch, MAIN_LR, base, r.seed) in index
+            ]
+            if diffs:
+                rows.append({"base": base, "arch": arch, **paired_test(diffs)})
+    if not rows:
+        return []
+    lines = [
+        "### Does the LP improve a good init?",
+        "",
+        f"`+{DEFAULT_LP}` (lp_initialize's defaults) applied to He (`kaiming_normal`) and LSUV starts, against "
+        "the same start without it at lr 0.01, paired over seeds: test accuracy, points.",
+        "",
+        "| base | arch | n | (base + LP) − base [95% CI] | t p | Wilcoxon p | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['base']} | {r['arch']} | {r['n']} | {_diff(r)} | {_p(r['t_p'])} | {_p(r['wilcoxon_p'])} | "
+            f"{_verdict(r)} |"
+        )
+    counts = {v: sum(_verdict(r) == v for r in rows) for v in ("better", "worse", "no difference")}
+    lines += [
+        "",
+        f"Better at {counts['better']}, worse at {counts['worse']}, no difference at {counts['no difference']} "
+        f"of {len(rows)} (base, arch) cells.",
+        "",
+    ]
+    return lines
 
 
 def _candidates(runs: list[DoseRun]) -> list[str]:
