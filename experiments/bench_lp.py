@@ -109,7 +109,13 @@ def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[f
     writes it. Returns seconds and objectives."""
     start = time.perf_counter()
     f = Formulation(
-        H.shape[1], weight_bound, bias_bound, margin, 0.0, options.get("anchor", False), options.get("target_active")
+        H.shape[1],
+        weight_bound,
+        bias_bound,
+        margin,
+        options.get("l1", 0.0),
+        options.get("anchor", False),
+        options.get("target_active"),
     )
     Z = H @ W.T + b
     active = f.active_rows(Z)
@@ -357,31 +363,17 @@ def record_lps(model: nn.Module, batch: torch.Tensor, **options) -> list[tuple]:
 def naive_cvxpy_general(H, W, b, kwargs) -> tuple[float, np.ndarray]:
     """(i) for any LP option: a new cvxpy problem per unit, as
     ``lpinit.lp.problem`` writes it. Returns seconds and objectives."""
-    f = Formulation(
-        H.shape[1],
+    return naive_cvxpy(
+        H,
+        W,
+        b,
         kwargs["weight_bound"],
         kwargs["bias_bound"],
         kwargs["margin"],
-        kwargs["l1"],
-        kwargs["anchor"],
-        kwargs["target_active"],
+        l1=kwargs["l1"],
+        anchor=kwargs["anchor"],
+        target_active=kwargs["target_active"],
     )
-    Z = H @ W.T + b
-    active = f.active_rows(Z)
-    start = time.perf_counter()
-    objectives = []
-    for j in range(W.shape[0]):
-        sigma = np.where(active[:, j], 1.0, -1.0)
-        d, e, s = cp.Variable(H.shape[1]), cp.Variable(), cp.Variable(H.shape[0], nonneg=True)
-        constraints = [cp.multiply(sigma, Z[:, j] + H @ d + e) + s >= f.margin]
-        constraints += [cp.abs(d) <= f.weight_bound, cp.abs(e) <= f.bias_bound]
-        if f.anchor:
-            constraints.append(H.mean(axis=0) @ d + e == 0)
-        change = f.weight_cost() * cp.norm1(d) + f.bias_cost() * cp.abs(e)
-        problem = cp.Problem(cp.Minimize(f.shortfall_cost() * cp.sum(s) + change), constraints)
-        problem.solve(solver=cp.HIGHS)
-        objectives.append(problem.value if problem.status == cp.OPTIMAL else np.nan)
-    return time.perf_counter() - start, np.array(objectives)
 
 
 def time_cnn(batch: torch.Tensor, seed: int, repeats: int, **options) -> tuple[float, lpinit.initialize.LPInitReport]:

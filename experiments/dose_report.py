@@ -231,21 +231,25 @@ def _scale_table(runs: list[DoseRun]) -> list[str]:
     return [*lines, ""]
 
 
+def _against_start(runs: list[DoseRun], init: str, start: str, arch: str) -> list[float]:
+    """Accuracy of ``init`` minus that of ``start`` (its bare base), per seed run with both, at lr 0.01."""
+    start_of = {r.seed: r.accuracy for r in runs if (r.init, r.arch, r.lr) == (start, arch, MAIN_LR)}
+    return [
+        r.accuracy - start_of[r.seed]
+        for r in runs
+        if (r.init, r.arch, r.lr) == (init, arch, MAIN_LR) and r.seed in start_of
+    ]
+
+
 def _good_starts(runs: list[DoseRun]) -> list[str]:
     """lp_initialize's defaults applied to a good start (He, LSUV), against that start, paired over seeds."""
     from experiments.settings import DEFAULT_LP
     from experiments.stats import paired_test
 
-    index = {(r.arch, r.lr, r.init, r.seed): r for r in runs}
     rows = []
     for base in ("kaiming_normal", "lsuv"):
         for arch in sorted({r.arch for r in runs}):
-            mine = [r for r in runs if (r.init, r.arch, r.lr) == (f"{base}+{DEFAULT_LP}", arch, MAIN_LR)]
-            diffs = [
-                r.accuracy - index[(arch, MAIN_LR, base, r.seed)].accuracy
-                for r in mine
-                if (arch, MAIN_LR, base, r.seed) in index
-            ]
+            diffs = _against_start(runs, f"{base}+{DEFAULT_LP}", base, arch)
             if diffs:
                 rows.append({"base": base, "arch": arch, **paired_test(diffs)})
     if not rows:
@@ -280,17 +284,11 @@ def _candidates(runs: list[DoseRun]) -> list[str]:
     from experiments.settings import DEFAULT_LP
     from experiments.stats import paired_test
 
-    index = {(r.arch, r.lr, r.init, r.seed): r for r in runs}
     rows = []
     lp_inits = {r.init for r in runs if r.base == "default" and r.method in ("lp", "other") and "+lp(" in r.init}
     for init in sorted(lp_inits):
         for arch in sorted({r.arch for r in runs}):
-            mine = [r for r in runs if (r.init, r.arch, r.lr) == (init, arch, MAIN_LR)]
-            diffs = [
-                r.accuracy - index[(arch, MAIN_LR, "default", r.seed)].accuracy
-                for r in mine
-                if (arch, MAIN_LR, "default", r.seed) in index
-            ]
+            diffs = _against_start(runs, init, "default", arch)
             if diffs:
                 rows.append({"init": init, "arch": arch, **paired_test(diffs)})
     if not rows:
