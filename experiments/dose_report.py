@@ -216,17 +216,18 @@ def _scale_table(runs: list[DoseRun]) -> list[str]:
     rows = scale_held(runs)
     if not rows:
         return []
-    layers = list(rows[0]["ratios"])
+    layers = sorted({layer for r in rows for layer in r["ratios"]})  # the seed MLP's fc4 (a ReLU'd logit) too
     lines = [
         "### Was the scale held?",
         "",
-        "Each layer's pre-activation RMS at init (held-out images), relative to its bare base's (1.00 = held).",
+        "Each ReLU-fed layer's pre-activation RMS at init (held-out images), relative to its bare base's, mean "
+        "over seeds (1.00 = held; empty: the layer feeds no ReLU in that architecture).",
         "",
         "| arch | lr | init | " + " | ".join(layers) + " |",
         "|---|---|---|" + "---|" * len(layers),
     ]
     for r in rows:
-        ratios = " | ".join(f"{r['ratios'].get(layer, math.nan):.2f}" for layer in layers)
+        ratios = " | ".join(f"{r['ratios'][layer]:.2f}" if layer in r["ratios"] else "" for layer in layers)
         lines.append(f"| {r['arch']} | {r['lr']:g} | {r['init']} | {ratios} |")
     return [*lines, ""]
 

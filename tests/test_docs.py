@@ -28,3 +28,22 @@ def test_the_readme_names_only_modules_that_exist():
     root = README.parent
     for path in set(re.findall(r"`((?:lpinit|experiments)/[\w/]+\.py)`", README.read_text())):
         assert (root / path).is_file(), path
+
+
+def test_the_readme_states_lp_initializes_defaults():
+    """The README's line ``lp_initialize(model, batch)  # = lp_initialize(model, batch, k=v, ...)``
+    names every LP option and max_rows with the default the signature has."""
+    import ast
+    import inspect
+
+    from lpinit.initialize import DEFAULTS, lp_initialize
+
+    (stated,) = re.findall(
+        r"lp_initialize\(model, batch\)\s+# = lp_initialize\(model, batch, (.*)\)", README.read_text()
+    )
+    call = ast.parse(f"f({stated})").body[0].value  # type: ignore[attr-defined]
+    readme = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+    signature = {name: p.default for name, p in inspect.signature(lp_initialize).parameters.items()}
+    assert set(readme) == {*DEFAULTS, "max_rows"}
+    assert readme == {name: signature[name] for name in readme}
+    assert {name: signature[name] for name in DEFAULTS} == DEFAULTS
