@@ -104,6 +104,17 @@ class InitSpec:
             return None
         return InitSpec(self.base, (*self.steps[:-1], Step("bias_shift", self.last.options)), self.legacy)
 
+    def quantile_control(self) -> InitSpec | None:
+        """``...+lp(target=q, rescale=r, ...)`` -> ``...+quantile_bias(q=q, rescale=r)``: the same
+        per-unit activity set by the bias alone; None without an activity target."""
+        target, rescale = (None, None) if self.last is None else (self.last.get("target"), self.last.get("rescale"))
+        if self.last is None or self.last.kind != "lp" or target is None:
+            return None
+        options: list[tuple[str, Value]] = [("q", target)]
+        if rescale is not None:
+            options.append(("rescale", rescale))
+        return InitSpec(self.base, (*self.steps[:-1], Step("quantile_bias", tuple(options))), self.legacy)
+
     def matched_lp(self) -> InitSpec:
         """For a ``bias_shift`` last step: the init whose zero fractions it matches."""
         assert self.last is not None and self.last.kind == "bias_shift"
@@ -208,6 +219,13 @@ def control_of(name: str) -> str | None:
     ``x+lp(k=v)`` -> ``x+bias_shift(k=v)``), or None."""
     control = parse_init_name(name).control()
     return None if control is None else str(control)
+
+
+def controls_of(name: str) -> list[str]:
+    """Every control run of ``name``: its matched bias shift and, for an
+    activity-target LP, its quantile bias (empty for a name without an LP step)."""
+    spec = parse_init_name(name)
+    return [str(c) for c in (spec.control(), spec.quantile_control()) if c is not None]
 
 
 def is_control(name: str) -> bool:

@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats as sps
 
-from experiments.inits import control_of
+from experiments.init_names import controls_of, parse_init_name
 
 FINAL_METRICS = ("test_accuracy", "test_loss", "train_loss", "zero_fraction")
 
@@ -215,17 +215,18 @@ def seed_stat(rows: list[dict], key: str) -> tuple[float, float, int]:
 
 
 def comparisons(records: list[dict]) -> list[tuple[str, str]]:
-    """The paired comparisons that exist in these records: each init that has
-    a control (``lp@r``) against its own random start (``default``) and
-    against its control (``bias_shift@r``)."""
+    """The paired comparisons that exist in these records: each LP init
+    against its own random start (its base, e.g. ``default``) and against its
+    controls (``bias_shift`` with the same options; ``quantile_bias`` at the
+    same activity target)."""
     inits = {r["init"] for r in records}
     pairs = []
     for init in sorted(inits):
-        control = control_of(init)
-        if control is None:
+        controls = controls_of(init)
+        if not controls:
             continue
-        if "default" in inits:
-            pairs.append((init, "default"))
-        if control in inits:
-            pairs.append((init, control))
+        base = parse_init_name(init).base
+        if base in inits:
+            pairs.append((init, base))
+        pairs += [(init, control) for control in controls if control in inits]
     return pairs
