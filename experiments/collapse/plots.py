@@ -6,6 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -41,10 +42,10 @@ def _colors(inits) -> dict[str, tuple]:
     return out
 
 
-def _grid(n: int):
+def _grid(n: int, sharey: bool = True):
     cols = min(n, 3)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False, sharey=sharey)
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -59,9 +60,9 @@ def _rate_lines(ax, rows, x_key, colors, label_n=True):
         rs = sorted(by_init[init], key=lambda r: r[x_key])
         x = [r[x_key] for r in rs]
         n = min(r["n"] for r in rs)
-        ax.plot(
-            x, [r["rate"] for r in rs], "o-", ms=3, color=colors[init], label=f"{init} (n≥{n})" if label_n else init
-        )
+        style = "x--" if init == "lsuv" else "o-"  # LSUV keeps orthogonal's signs: their lines coincide at init
+        label = f"{init} (n≥{n})" if label_n else init
+        ax.plot(x, [r["rate"] for r in rs], style, ms=3, color=colors[init], label=label)
         ax.fill_between(x, [r["ci_low"] for r in rs], [r["ci_high"] for r in rs], color=colors[init], alpha=0.18)
 
 
@@ -71,15 +72,17 @@ def born_dead_vs_depth(rows: list[dict], inputs: str, path: Path) -> Path:
     rows = [r for r in rows if r["inputs"] == inputs]
     widths = sorted({r["width"] for r in rows})
     colors = _colors({r["init"] for r in rows})
-    fig, axes = _grid(len(widths))
+    fig, axes = _grid(len(widths), sharey=False)
     for ax, width in zip(axes, widths, strict=True):
         sub = [r for r in rows if r["width"] == width]
         _rate_lines(ax, sub, "depth", colors)
         depths = np.arange(min(r["depth"] for r in sub), max(r["depth"] for r in sub) + 1)
-        ax.plot(depths, [born_dead_bound([width] * d) for d in depths], "k--", lw=1.2, label="bound (symmetric)")
-        ax.set(
-            title=f"width {width}, inputs {inputs}", xlabel="hidden layers L", ylabel="born dead", ylim=(-0.02, 1.02)
-        )
+        bound = [born_dead_bound([width] * d) for d in depths]
+        ax.plot(depths, bound, "k--", lw=1.2, label="bound (symmetric)")
+        top = min(1.0, max(max(bound), max(r["ci_high"] for r in sub)))  # wide nets: zoom in on small rates
+        ax.set(title=f"width {width}, inputs {inputs}", xlabel="hidden layers L", ylabel="born dead")
+        ax.set_ylim(-0.02 * top, 1.05 * top)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return _save(fig, path)
@@ -95,6 +98,7 @@ def collapse_vs_depth(rows: list[dict], task: str, path: Path) -> Path:
         _rate_lines(ax, [r for r in rows if r["width"] == width], "depth", colors)
         ax.set(title=f"{task}, width {width}", xlabel="hidden layers L", ylabel="collapsed after training")
         ax.set_ylim(-0.02, 1.02)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     return _save(fig, path)
