@@ -100,7 +100,7 @@ def plan(s: CollapseSettings, done: set[str] | None = None) -> tuple[list[InitCe
     groups = []
     for task in s.tasks:
         for width in s.train_widths:
-            for depth in s.train_depths:
+            for depth in s.depths if width in s.dense_train_widths else s.train_depths:
                 by_start: dict[int, list[tuple[str, int]]] = {}
                 for init in s.inits:
                     if not _runs_here(s, init, depth):

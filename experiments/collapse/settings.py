@@ -33,6 +33,7 @@ LP_FAMILY = (
     "quantile_bias@0.75",
 )
 _ALL_DEPTHS = tuple(range(2, 21))
+_SPARSE_DEPTHS = (2, 5, 10, 15, 20)
 MAX_WIDTH = 35  # dead-unit counts are stored as one base-36 digit per layer
 
 
@@ -58,6 +59,9 @@ class CollapseSettings:
     train_seeds: int = _help("seeds per (task, width, depth, init) cell trained for the collapse rates", 200)
     train_widths: tuple[int, ...] = _help("widths whose cells are also trained (subset of --widths)", (2,))
     train_depths: tuple[int, ...] = _help("depths whose cells are also trained (subset of --depths)", (10,))
+    dense_train_widths: tuple[int, ...] = _help(
+        "trained widths whose cells are trained at every --depths, not only --train-depths", ()
+    )
     lp_depths: tuple[int, ...] = _help(
         "depths at which LP-family inits run (each seed costs HiGHS time); empty: all --depths", ()
     )
@@ -110,13 +114,16 @@ PRESETS: dict[str, dict] = {
         steps=60,
     ),
     # The study without the LP family (which costs HiGHS time per seed).
-    "collapse": dict(inits=BASE_INITS, train_widths=(2, 3, 4, 5, 10), train_depths=_ALL_DEPTHS),
+    # Every width trained at 5 depths; widths 2 and 3, where depth decides, at every depth.
+    "collapse": dict(
+        inits=BASE_INITS, train_widths=(2, 3, 4, 5, 10), train_depths=_SPARSE_DEPTHS, dense_train_widths=(2, 3)
+    ),
     # The LP family, into the same folder: run after "collapse".
     "collapse-lp": dict(
         inits=LP_FAMILY,
         train_widths=(2, 3, 4, 5, 10),
-        train_depths=_ALL_DEPTHS,
-        lp_depths=(2, 5, 10, 15, 20),
+        train_depths=_SPARSE_DEPTHS,
+        lp_depths=_SPARSE_DEPTHS,
     ),
 }
 
@@ -182,13 +189,19 @@ def validate(s: CollapseSettings) -> None:
     for name in s.inits:
         parse_init(name)
         check_available(name)
-    for key in ("widths", "depths", "train_widths", "train_depths", "lp_depths"):
+    for key in ("widths", "depths", "train_widths", "train_depths", "lp_depths", "dense_train_widths"):
         values = getattr(s, key)
         if any(v < 1 for v in values):
             raise ValueError(f"Expected positive --{key.replace('_', '-')}, got {_show(values)}.")
     if any(w > MAX_WIDTH for w in s.widths):
         raise ValueError(f"Expected --widths <= {MAX_WIDTH} (narrow networks), got {_show(s.widths)}.")
-    for sub, full in (("train_widths", "widths"), ("train_depths", "depths"), ("lp_depths", "depths")):
+    subsets = (
+        ("train_widths", "widths"),
+        ("train_depths", "depths"),
+        ("lp_depths", "depths"),
+        ("dense_train_widths", "train_widths"),
+    )
+    for sub, full in subsets:
         extra = set(getattr(s, sub)) - set(getattr(s, full))
         if extra:
             raise ValueError(
@@ -239,7 +252,7 @@ def record_settings(s: CollapseSettings) -> None:
                 f"{s.results_dir} holds runs made with a different recipe ({lines}). "
                 "Use another --name (or --results-root), or delete that folder to start over."
             )
-        for k in ("tasks", "widths", "depths", "inits", "train_widths", "train_depths"):
+        for k in ("tasks", "widths", "depths", "inits", "train_widths", "train_depths", "dense_train_widths"):
             merged[k] = list(dict.fromkeys([*old.get(k, []), *merged[k]]))
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(merged, indent=2) + "\n")
