@@ -3,6 +3,8 @@
 Entry point: ``python -m experiments.compare --preset quick|seed|full``.
 Modules, one concept each: ``settings`` (flags and presets), ``inits`` (named
 initializations), ``data`` (the fixed splits), ``train`` (the training loop),
-``measure`` (one run: init, measure, train), ``runner`` (resumable, parallel
-runs), ``stats``, ``plots``, ``report``, ``bench_training``.
+``stability`` (the activation-pattern stability measurement), ``measure``
+(one run: init, measure, train), ``ledger`` (the record files of a results
+folder), ``runner`` (resumable, parallel runs), ``stats``, ``plots``,
+``report``, ``bench_training``.
 """

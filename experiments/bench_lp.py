@@ -10,9 +10,9 @@ Timed, over all 1,130 units:
   (i)   cvxpy, the problem rebuilt for every unit (what one writes first);
   (ii)  cvxpy with ``r`` a Parameter, compiled once per layer (``solver="cvxpy"``);
   (iii) the fast path (``solver="highs"``): as ``lp_initialize`` calls it by
-        default (``n_jobs=None``) with no helper process up, when it starts
-        helpers only if the work repays it; with --jobs processes (this one
-        and jobs - 1 helpers) while the helpers start, and with them up
+        default (``n_jobs=None``) with no worker process up, when it starts
+        workers only if the work repays it; with --jobs processes (this one
+        and jobs - 1 workers) while the workers start, and with them up
         (median of --repeats runs); and in one process;
 and HiGHS's own time inside the fast path, the floor. (i) and (ii) take a
 fraction of a second per unit, so they are timed on the first
@@ -20,14 +20,33 @@ fraction of a second per unit, so they are timed on the first
 layer's units (for (ii) this spreads its one-time compile over all units: a
 slight overestimate).
 
-Goals on 2 cores: (iii) >= 20x faster than (i), under 10 s for the whole MLP,
->= 90% of its wall time inside HiGHS. The share inside HiGHS is the sum over
+``--variant`` picks the LP (``lpinit.lp.problem``): ``plain`` (the default),
+``anchored`` (``anchor=True``) or ``target`` (``target_active=--target``). The
+last two have no closed form on hidden layers: every unit goes through HiGHS.
+
+Goals on 2 cores: plain: (iii) >= 20x faster than (i), under 10 s for the
+whole MLP, >= 90% of its wall time inside HiGHS; anchored and target: >= 50x,
+under 15 s, >= 85%. The share inside HiGHS is the sum over
 units of the time spent in the unit's HiGHS calls (setting its bounds and
 start, solving, reading the answer), divided by the sum over layers of
 (wall time x processes used).
 
     python -m experiments.bench_lp [--jobs 2] [--repeats 5] [--reference-units 10] [--warm-start-too]
     python -m experiments.bench_lp --skip-reference --batch-sizes 128,256,512,1024,2048
+    python -m experiments.bench_lp --variant anchored     # or --variant target [--target 0.8]
+
+With ``--model cnn``: ``lp_initialize`` on the whole ``lpinit.cnn()`` (seed 0)
+at batch 256 with the default ``max_rows``, as a user calls it (median of
+--repeats), against (i) cvxpy rebuilt per channel or unit on the very LPs
+that call solves (recorded from it), timed on the first --reference-units
+units of each layer and extrapolated; goals: under 10 s, >= 20x (i). Then the
+whole CNN against ``max_rows``, the LP options (--variants), and, with
+--strategies, HiGHS's dual simplex, primal simplex and IPM on conv1's and
+conv2's LPs, from the crash starts of ``lpinit.lp.highs``, from the crash
+start of the plain LP before this change (every row basic), and from the
+slack basis:
+
+    python -m experiments.bench_lp --model cnn [--variants plain,anchor,l1,target] [--strategies]
 """
 
 from __future__ import annotations
@@ -36,49 +55,74 @@ import argparse
 import json
 import math
 import time
+from functools import partial
+from typing import Any
 
 import cvxpy as cp
+import highspy
 import numpy as np
+import scipy.sparse as sp
 import torch
 from joblib import cpu_count
 from torch import nn
 
-from lpinit import load_mnist, seed_mlp
-from lpinit.lp import Layer, solve_layer
-from lpinit.parallel import stop_helpers
+import lpinit.initialize
+from lpinit import cnn, load_mnist, lp_initialize, seed_mlp
+from lpinit.initialize import DEFAULT_MAX_ROWS
+from lpinit.lp import highs as fast
+from lpinit.lp import solve_layer, stop_workers
+from lpinit.lp.problem import Formulation, ReducedLP
+from lpinit.tracing import capture_layer_io
 
 
 def layer_inputs(model: nn.Module, images: torch.Tensor) -> list[tuple]:
     """``(name, H, W, b)`` of every Linear layer, H recorded in one forward pass."""
-    inputs = {}
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    hooks = [
-        m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0])) for name, m in linears
-    ]
     with torch.no_grad():
-        model(images)
-    for hook in hooks:
-        hook.remove()
-    return [(name, _numpy(inputs[name]), _numpy(m.weight), _numpy(m.bias)) for name, m in linears]
+        inputs = capture_layer_io(model, [m for _, m in linears], partial(model, images), "input")
+    return [
+        (name, _numpy(H), _numpy(m.weight), _numpy(m.bias)) for (name, m), (H, *_) in zip(linears, inputs, strict=True)
+    ]
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().double().numpy()
 
 
-def benchmark_bounds(H, W, b) -> dict[str, float]:
+def benchmark_bounds(H, W, b) -> dict[str, Any]:
     spread = float((H @ W.T + b).std())
     return dict(weight_bound=0.1 / math.sqrt(H.shape[1]), bias_bound=0.1 * spread, margin=0.1 * spread)
 
 
-def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin) -> tuple[float, np.ndarray]:
-    """(i): a new cvxpy problem for every unit. Returns seconds and objectives."""
+def variant_options(variant: str, target: float) -> dict[str, Any]:
+    """``solve_layer``'s options for a ``--variant``."""
+    options: dict[str, dict[str, Any]] = {
+        "plain": {},
+        "anchored": {"anchor": True},
+        "target": {"target_active": target},
+    }
+    return options[variant]
+
+
+def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[float, np.ndarray]:
+    """(i): a new cvxpy problem for every unit, the LP as ``lpinit.lp.problem``
+    writes it. Returns seconds and objectives."""
     start = time.perf_counter()
+    f = Formulation(
+        H.shape[1], weight_bound, bias_bound, margin, 0.0, options.get("anchor", False), options.get("target_active")
+    )
+    Z = H @ W.T + b
+    active = f.active_rows(Z)
     objectives = []
-    for w, bias in zip(W, b, strict=True):
+    for j in range(W.shape[0]):
         d, e, s = cp.Variable(H.shape[1]), cp.Variable(), cp.Variable(H.shape[0], nonneg=True)
-        box = [cp.abs(d) <= weight_bound, cp.abs(e) <= bias_bound]
-        problem = cp.Problem(cp.Minimize(cp.sum(s)), [H @ (w + d) + bias + e + s >= margin, *box])
+        sigma = np.where(active[:, j], 1.0, -1.0)
+        constraints = [cp.multiply(sigma, Z[:, j] + H @ d + e) + s >= margin]
+        constraints += [cp.abs(d) <= weight_bound, cp.abs(e) <= bias_bound]
+        if f.anchor:
+            constraints.append(H.mean(axis=0) @ d + e == 0)
+        change = f.weight_cost() * cp.norm1(d) + f.bias_cost() * cp.abs(e)
+        problem = cp.Problem(cp.Minimize(f.shortfall_cost() * cp.sum(s) + change), constraints)
         problem.solve(solver=cp.HIGHS)
         objectives.append(problem.value if problem.status == cp.OPTIMAL else np.nan)
     return time.perf_counter() - start, np.array(objectives)
@@ -94,34 +138,54 @@ def fast_path(layers, jobs, **options) -> list[tuple]:
 def summarize(results) -> dict[str, float]:
     wall = sum(s.wall_time_s for _, s in results)
     inside = sum(s.solver_time_s.sum() for _, s in results)
-    capacity = sum(s.wall_time_s * s.workers for _, s in results)
-    return dict(wall_s=wall, highs_s=inside, share=inside / capacity, processes=max(s.workers for _, s in results))
+    capacity = sum(s.wall_time_s * s.processes for _, s in results)
+    return dict(wall_s=wall, highs_s=inside, share=inside / capacity, processes=max(s.processes for _, s in results))
 
 
-def median_run(layers, jobs, repeats) -> tuple[list, dict]:
+def median_run(layers, jobs, repeats, **options) -> tuple[list, dict]:
     """The fast path ``repeats`` times: the run of median share, and the
     range of the shares."""
-    runs = sorted((fast_path(layers, jobs) for _ in range(repeats)), key=lambda r: summarize(r)["share"])
+    runs = sorted((fast_path(layers, jobs, **options) for _ in range(repeats)), key=lambda r: summarize(r)["share"])
     shares = [summarize(r)["share"] for r in runs]
     return runs[len(runs) // 2], dict(share_min=shares[0], share_max=shares[-1], repeats=repeats)
 
 
-def print_layers(layers, results) -> None:
-    """What the reductions left of each layer's LPs, and how the units went."""
+def print_layers(layers, results, reduced: bool = True) -> None:
+    """What the reductions left of each layer's LPs (plain LP), and how the units went."""
     for (name, H, W, b), (_, s) in zip(layers, results, strict=True):
-        layer = Layer.from_input(H, benchmark_bounds(H, W, b)["weight_bound"], 0.0)
         no_run = int(((s.iterations == 0) & (s.solver_time_s == 0)).sum())
         counts = ", ".join(f"{k} {v}" for k, v in s.status_counts().items())
+        kept = ""
+        if reduced:
+            layer = ReducedLP.from_input(H, benchmark_bounds(H, W, b)["weight_bound"], 0.0)
+            nonzeros = np.count_nonzero(H[:, layer.free])
+            kept = f"the LP keeps {layer.free.sum()} of {H.shape[1]} weights and {sp.csr_matrix(layer.S).nnz} of their "
+            kept += f"{nonzeros} nonzeros; "
         print(
-            f"    {name}: {len(s.status)} units; the LP keeps {layer.free.sum()} of {H.shape[1]} weights "
-            f"and {layer.S.nnz} of their {np.count_nonzero(H[:, layer.free])} nonzeros; "
-            f"{no_run} units need no HiGHS run; {s.iterations.mean():.1f} iterations/unit; "
-            f"workers {s.workers}, {s.wall_time_s:.2f} s; re-solved {s.resolves}; {counts}"
+            f"    {name}: {len(s.status)} units; {kept}{no_run} units need no HiGHS run; "
+            f"{s.iterations.mean():.1f} iterations/unit; processes {s.processes}, {s.wall_time_s:.2f} s; "
+            f"re-solved {s.resolves}; {counts}"
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp", help="the seed MLP, or lpinit.cnn()")
+    parser.add_argument(
+        "--variants",
+        type=str,
+        default="plain",
+        help="--model cnn: LP options to time, of " + ", ".join(CNN_VARIANTS),
+    )
+    parser.add_argument(
+        "--max-rows-list",
+        type=str,
+        default="2048,4096,8192,16384,32768",
+        help="--model cnn: max_rows values to time the whole CNN at",
+    )
+    parser.add_argument(
+        "--strategies", action="store_true", help="--model cnn: time HiGHS's algorithms and starts on conv1 and conv2"
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="MNIST training images per batch")
     parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batch draw")
     parser.add_argument("--jobs", type=int, default=None, help="workers for the fast path (default: all cores)")
@@ -132,11 +196,12 @@ def main() -> None:
         help="units per layer timed for (i) and (ii), extrapolated to all units",
     )
     parser.add_argument("--skip-reference", action="store_true", help="time the fast path only")
-    parser.add_argument("--repeats", type=int, default=5, help="runs with helpers up, of which the median is shown")
+    parser.add_argument("--repeats", type=int, default=5, help="runs with workers up, of which the median is shown")
     parser.add_argument(
         "--warm-start-too",
         action="store_true",
-        help="also time the fast path with warm_start=True, in one process (~12 s)",
+        help="also time the fast path, in one process, with the start it does not use by default "
+        "(the previous unit's basis, or the crash start)",
     )
     parser.add_argument(
         "--batch-sizes",
@@ -144,8 +209,14 @@ def main() -> None:
         default="",
         help="comma-separated batch sizes to time the fast path on, e.g. 128,256,512",
     )
+    parser.add_argument("--variant", choices=("plain", "anchored", "target"), default="plain", help="the LP to time")
+    parser.add_argument("--target", type=float, default=0.8, help="target_active of --variant target")
     parser.add_argument("--json", type=str, default="", help="also write the settings and figures to this file")
     args = parser.parse_args()
+    if args.model == "cnn":
+        main_cnn(args)
+        return
+    options = variant_options(args.variant, args.target)
     jobs = args.jobs or cpu_count()
 
     torch.manual_seed(args.seed)
@@ -158,21 +229,23 @@ def main() -> None:
         f"seed MLP (default init, seed {args.seed}), {args.batch_size} MNIST training images, "
         f"{units} units in {len(layers)} layers, {jobs} workers for the fast path"
     )
-    record = dict(settings=vars(args) | {"jobs": jobs})
+    record: dict[str, Any] = dict(settings=vars(args) | {"jobs": jobs})
 
-    # Helper processes stay up between calls (lpinit.parallel): stop them
+    # Worker processes stay up between calls (lpinit.parallel): stop them
     # between the rows that need none up.
-    default_label = "default (n_jobs=None), no helpers up"
-    first_label = f"n_jobs={jobs}, helpers starting"
-    again_label = f"n_jobs={jobs}, helpers up (median of {args.repeats})"
-    stop_helpers()
-    runs = {default_label: fast_path(layers, None)}
-    stop_helpers()
-    runs[first_label] = fast_path(layers, jobs)
-    runs[again_label], spread = median_run(layers, jobs, args.repeats)
-    runs["one process (n_jobs=1)"] = fast_path(layers, 1)
+    default_label = "default (n_jobs=None), no workers up"
+    first_label = f"n_jobs={jobs}, workers starting"
+    again_label = f"n_jobs={jobs}, workers up (median of {args.repeats})"
+    stop_workers()
+    runs = {default_label: fast_path(layers, None, **options)}
+    stop_workers()
+    runs[first_label] = fast_path(layers, jobs, **options)
+    runs[again_label], spread = median_run(layers, jobs, args.repeats, **options)
+    runs["one process (n_jobs=1)"] = fast_path(layers, 1, **options)
     if args.warm_start_too:
-        runs["one process, warm starts"] = fast_path(layers, 1, warm_start=True)
+        # the start lpinit does not use by default for this variant (solve_layer's warm_start=None)
+        default_is_warm = "target_active" in options and not options.get("anchor")
+        runs["one process, the other start"] = fast_path(layers, 1, warm_start=not default_is_warm, **options)
     totals = {label: summarize(results) for label, results in runs.items()}
     totals[again_label].update(spread)
     print("(iii) fast path, whole MLP:")
@@ -183,7 +256,7 @@ def main() -> None:
             f"{total['highs_s']:5.2f} s in HiGHS, share {total['share']:.0%}{extra}"
         )
     print("  per layer, default call:")
-    print_layers(layers, runs[default_label])
+    print_layers(layers, runs[default_label], reduced=args.variant == "plain")
     record["fast"] = totals
     default, first, again = totals[default_label], totals[first_label], totals[again_label]
 
@@ -192,9 +265,9 @@ def main() -> None:
         for (_, H, W, b), (_, fast) in zip(layers, runs[default_label], strict=True):
             m = min(args.reference_units, W.shape[0])
             bounds = benchmark_bounds(H, W, b)
-            seconds, naive_objective = naive_cvxpy(H, W[:m], b[:m], **bounds)
+            seconds, naive_objective = naive_cvxpy(H, W[:m], b[:m], **bounds, **options)
             naive_s += seconds * W.shape[0] / m
-            dpp = solve_layer(H, W[:m], b[:m], solver="cvxpy", **bounds)
+            dpp = solve_layer(H, W[:m], b[:m], solver="cvxpy", **bounds, **options)
             dpp_s += dpp.wall_time_s * W.shape[0] / m
             for other in (naive_objective, dpp.objective):
                 difference = np.abs(other - fast.objective[:m]) / np.maximum(1.0, np.abs(other))
@@ -210,26 +283,27 @@ def main() -> None:
         for label, seconds in rows:
             print(f"  {label:<48}{seconds:8.2f} s   (i) / this = {naive_s / seconds:6.1f}x")
         print(f"  objectives of (i), (ii) and (iii) agree to {worst:.1e} (relative, on the units timed)")
+        speedup, seconds, share = (20, 10, 90) if args.variant == "plain" else (50, 15, 85)
         print(
-            f"goals: (i)/(iii) = {naive_s / default['wall_s']:.0f}x by default, "
-            f"{naive_s / again['wall_s']:.0f}x with helpers up (>= 20x); whole MLP {default['wall_s']:.1f} s / "
-            f"{again['wall_s']:.1f} s (< 10 s); inside HiGHS {default['share']:.0%} by default, "
-            f"{again['share']:.0%} with helpers up, {first['share']:.0%} while they start (>= 90%)"
+            f"goals ({args.variant}): (i)/(iii) = {naive_s / default['wall_s']:.0f}x by default, "
+            f"{naive_s / again['wall_s']:.0f}x with workers up (>= {speedup}x); whole MLP {default['wall_s']:.1f} s / "
+            f"{again['wall_s']:.1f} s (< {seconds} s); inside HiGHS {default['share']:.0%} by default, "
+            f"{again['share']:.0%} with workers up, {first['share']:.0%} while they start (>= {share}%)"
         )
 
     if args.batch_sizes:
-        print(f"fast path by batch size: the default call with no helper up, and n_jobs={jobs} with helpers up")
+        print(f"fast path by batch size: the default call with no worker up, and n_jobs={jobs} with workers up")
         growth, previous = [], None
-        warm_up = layer_inputs(model, images[draw[:128]])[:1]  # a small layer, to bring the helpers up
+        warm_up = layer_inputs(model, images[draw[:128]])[:1]  # a small layer, to bring the workers up
         for size in (int(x) for x in args.batch_sizes.split(",")):
             layers_n = layer_inputs(model, images[draw[:size]])
-            stop_helpers()
-            default_n = summarize(fast_path(layers_n, None))
-            fast_path(warm_up, jobs)
-            total = summarize(fast_path(layers_n, jobs))
+            stop_workers()
+            default_n = summarize(fast_path(layers_n, None, **options))
+            fast_path(warm_up, jobs, **options)
+            total = summarize(fast_path(layers_n, jobs, **options))
             line = (
                 f"  batch {size:5d}: default {default_n['wall_s']:7.2f} s, {default_n['processes']} process(es), "
-                f"share {default_n['share']:.0%}; helpers up {total['wall_s']:7.2f} s wall, "
+                f"share {default_n['share']:.0%}; workers up {total['wall_s']:7.2f} s wall, "
                 f"{total['highs_s']:7.2f} s in HiGHS (share {total['share']:.0%}), "
                 f"{1e3 * total['wall_s'] / units:6.1f} ms/unit"
             )
@@ -245,6 +319,245 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(record, f, indent=2)
+
+
+# ---------------------------------------------------------------- the CNN
+
+CNN_VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "anchor": dict(anchor="mean"),
+    "l1": dict(l1=0.01),
+    "target": dict(target_active=0.5),
+}
+"""LP options timed on the CNN (``lp_initialize`` keywords)."""
+
+
+def record_lps(model: nn.Module, batch: torch.Tensor, **options) -> list[tuple]:
+    """``lp_initialize(model, batch, **options)``, recording each layer's LP
+    as it is solved: ``[(name, H, W, b, solve_layer keywords, LayerSolution)]``."""
+    recorded = []
+    solve = lpinit.initialize.solve_layer
+
+    def recording(H, W, b, **kwargs):
+        solution = solve(H, W, b, **kwargs)
+        recorded.append((kwargs["desc"], H, W, b, kwargs, solution))
+        return solution
+
+    lpinit.initialize.solve_layer = recording
+    try:
+        lp_initialize(model, batch, **options)
+    finally:
+        lpinit.initialize.solve_layer = solve
+    return recorded
+
+
+def naive_cvxpy_general(H, W, b, kwargs) -> tuple[float, np.ndarray]:
+    """(i) for any LP option: a new cvxpy problem per unit, as
+    ``lpinit.lp.problem`` writes it. Returns seconds and objectives."""
+    f = Formulation(
+        H.shape[1],
+        kwargs["weight_bound"],
+        kwargs["bias_bound"],
+        kwargs["margin"],
+        kwargs["l1"],
+        kwargs["anchor"],
+        kwargs["target_active"],
+    )
+    Z = H @ W.T + b
+    active = f.active_rows(Z)
+    start = time.perf_counter()
+    objectives = []
+    for j in range(W.shape[0]):
+        sigma = np.where(active[:, j], 1.0, -1.0)
+        d, e, s = cp.Variable(H.shape[1]), cp.Variable(), cp.Variable(H.shape[0], nonneg=True)
+        constraints = [cp.multiply(sigma, Z[:, j] + H @ d + e) + s >= f.margin]
+        constraints += [cp.abs(d) <= f.weight_bound, cp.abs(e) <= f.bias_bound]
+        if f.anchor:
+            constraints.append(H.mean(axis=0) @ d + e == 0)
+        change = f.weight_cost() * cp.norm1(d) + f.bias_cost() * cp.abs(e)
+        problem = cp.Problem(cp.Minimize(f.shortfall_cost() * cp.sum(s) + change), constraints)
+        problem.solve(solver=cp.HIGHS)
+        objectives.append(problem.value if problem.status == cp.OPTIMAL else np.nan)
+    return time.perf_counter() - start, np.array(objectives)
+
+
+def time_cnn(batch: torch.Tensor, seed: int, repeats: int, **options) -> tuple[float, lpinit.initialize.LPInitReport]:
+    """The median wall time of ``lp_initialize`` on a fresh ``cnn()``, and its last report."""
+    times, report = [], None
+    for _ in range(repeats):
+        torch.manual_seed(seed)
+        model = cnn()
+        start = time.perf_counter()
+        report = lp_initialize(model, batch, **options)
+        times.append(time.perf_counter() - start)
+    assert report is not None
+    return float(np.median(times)), report
+
+
+def main_cnn(args: argparse.Namespace) -> None:
+    images, _ = load_mnist(train=True)
+    draw = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(args.seed))
+    batch = images[draw[: args.batch_size]]
+    stop_workers()
+    print(
+        f"cnn() (default init, seed {args.seed}), {args.batch_size} MNIST training images, "
+        f"lp_initialize(model, batch) with max_rows={DEFAULT_MAX_ROWS} (the default), radius 0.1, margin 0.1"
+    )
+    record: dict = dict(settings=vars(args))
+    for variant in args.variants.split(","):
+        options = CNN_VARIANTS[variant]
+        wall, report = time_cnn(batch, args.seed, args.repeats, **options)
+        print(f"[{variant}] whole CNN: {wall:.2f} s wall (median of {args.repeats}); per layer:")
+        for layer in report.layers:
+            counts = ", ".join(f"{k} {v}" for k, v in layer.status_counts.items())
+            print(
+                f"    {layer.name}: {layer.out_features} units, LPs of {layer.lp_rows:,} of {layer.rows:,} rows x "
+                f"{layer.in_features} weights: {layer.wall_time_s:.2f} s, {layer.iterations} iterations, "
+                f"{layer.solver_time_s:.2f} s in HiGHS, {layer.processes} process(es); {counts}"
+            )
+        result: dict = dict(wall_s=wall, layers=[(r.name, r.wall_time_s) for r in report.layers])
+        if not args.skip_reference:
+            torch.manual_seed(args.seed)
+            naive_s, worst = 0.0, 0.0
+            for name, H, W, b, kwargs, solution in record_lps(cnn(), batch, n_jobs=1, **options):
+                m = min(args.reference_units, W.shape[0])
+                seconds, objective = naive_cvxpy_general(H, W[:m], b[:m], kwargs)
+                naive_s += seconds * W.shape[0] / m
+                difference = np.abs(objective - solution.objective[:m]) / np.maximum(1.0, np.abs(objective))
+                worst = max(worst, float(difference.max()))
+                print(f"    (i) {name}: {seconds / m:.2f} s per unit, x {W.shape[0]} units")
+            print(
+                f"  (i) cvxpy rebuilt per unit, extrapolated from {args.reference_units} per layer: {naive_s:.1f} s; "
+                f"(i) / lp_initialize = {naive_s / wall:.0f}x; objectives agree to {worst:.1e} (relative)"
+            )
+            print(f"  goals: whole CNN {wall:.2f} s (< 10 s), {naive_s / wall:.0f}x (i) (>= 20x)")
+            result.update(naive_cvxpy_s=naive_s, max_objective_difference=worst)
+        record[variant] = result
+
+    print(forward_threads(batch))
+    print("whole CNN against max_rows (plain LP; median of --repeats):")
+    record["max_rows"] = []
+    for value in (int(x) for x in args.max_rows_list.split(",")):
+        wall, report = time_cnn(batch, args.seed, args.repeats, max_rows=value)
+        conv1 = report.layers[0]
+        print(
+            f"  max_rows {value:6d}: {wall:6.2f} s; conv1's LPs {conv1.wall_time_s:6.2f} s "
+            f"({conv1.iterations} iterations), conv2's {report.layers[1].wall_time_s:5.2f} s"
+        )
+        record["max_rows"].append(dict(max_rows=value, wall_s=wall, conv1_s=conv1.wall_time_s))
+
+    if args.strategies:
+        torch.manual_seed(args.seed)
+        lps = {name: (H, W, b, kwargs) for name, H, W, b, kwargs, _ in record_lps(cnn(), batch, n_jobs=1)}
+        print(f"HiGHS on conv1's and conv2's LPs (max_rows={DEFAULT_MAX_ROWS}), first {args.reference_units} units:")
+        print("  l1=0.01 (general form), solve_layer with the previous unit's basis against the crash start:")
+        torch.manual_seed(args.seed)
+        for name, H, W, b, kwargs, _ in record_lps(cnn(), batch, n_jobs=1, layers=["conv1", "conv2"], l1=0.01):
+            times = {
+                label: solve_layer(H, W, b, **{**kwargs, "warm_start": warm, "progress": False}).wall_time_s
+                for label, warm in (("previous unit's basis", True), ("crash start", False))
+            }
+            print(f"    {name}: " + ", ".join(f"{label} {seconds:.2f} s" for label, seconds in times.items()))
+        for label, layer_name, options in (("plain", "conv1", {}), ("anchor", "conv2", dict(anchor=True))):
+            H, W, b, kwargs = lps[layer_name]
+            kwargs = {**kwargs, "l1": 0.0, "anchor": False, "target_active": None, **options}
+            for start, algorithm, seconds, iterations in highs_strategies(H, W, b, kwargs, args.reference_units):
+                print(
+                    f"  {label} LP of {layer_name}, {algorithm:<15} from {start:<28}{seconds:8.2f} s, "
+                    f"iterations {iterations}"
+                )
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=2)
+
+
+def forward_threads(batch: torch.Tensor, repeats: int = 10) -> str:
+    """The median time of a forward pass of ``cnn()`` on ``batch`` with
+    torch's own thread count, and on one thread (as lpinit's driver runs it)."""
+    from threadpoolctl import threadpool_limits
+
+    model = cnn().eval()
+    times = {}
+    for label, limit in ((f"{torch.get_num_threads()} threads (torch's default)", None), ("one thread", 1)):
+        with threadpool_limits(limits=limit), torch.no_grad():
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                model(batch)
+                seconds.append(time.perf_counter() - start)
+        times[label] = float(np.median(seconds))
+    return "forward pass of cnn() on the batch (median of 10): " + ", ".join(
+        f"{label} {seconds * 1e3:.1f} ms" for label, seconds in times.items()
+    )
+
+
+ALGORITHMS: dict[str, dict[str, Any]] = {
+    "dual simplex": {"solver": "simplex", "simplex_strategy": 1},
+    "primal simplex": {"solver": "simplex", "simplex_strategy": 4},
+    "IPM": {"solver": "ipm", "run_crossover": "off"},
+}
+
+
+def highs_strategies(H, W, b, kwargs, units: int) -> list[tuple[str, str, float, list[int]]]:
+    """Solve the first ``units`` LPs of a layer on the HiGHS instance that
+    ``lpinit.lp.highs`` builds for them, with each algorithm and start: the
+    crash start of ``lpinit.lp.highs``, the plain LP's crash start before
+    the short rows' slacks were made basic (every row basic), and the slack
+    basis. Returns ``(start, algorithm, seconds, iterations per unit)``."""
+    f = Formulation(H.shape[1], kwargs["weight_bound"], kwargs["bias_bound"], kwargs["margin"], anchor=kwargs["anchor"])
+    units = min(units, W.shape[0])
+    Z = (H @ W.T + b)[:, :units]
+    if f.plain:
+        reduced = ReducedLP.from_input(H, f.weight_bound, f.bias_bound)
+        rhs_left = reduced.rhs_left(f.margin - Z)
+        highs, crash, _ = fast._workspace(reduced, 0)  # threads=0, as lp_initialize in this process
+        D, short = crash.points(rhs_left)
+        D_before = crash._point(rhs_left > 0)  # one round, from the rows short at d = 0
+        n = reduced.shape[0]
+        lower, upper = rhs_left, np.full((n, units), highspy.kHighsInf)
+        starts = {
+            "the crash start": lambda k: crash.basis(D[:, k], short[:, k]),
+            "every row basic (before)": lambda k: crash.basis(D_before[:, k], np.zeros(n, dtype=bool)),
+            "the slack basis": lambda k: None,
+        }
+    else:
+        lps = fast.GeneralLPs.from_layer(H, Z, f, hot_start=False)
+        model = fast._GeneralModel(lps, 0)
+        highs, n = model.highs, model.n
+        lower, upper = f.row_bounds(Z, lps.active)
+        lower, upper = np.maximum(lower, -highspy.kHighsInf), np.minimum(upper, highspy.kHighsInf)
+        starts = {
+            "the crash start": lambda k: model.crash_basis(Z[:, k], lps.active[:, k]),
+            "the slack basis": lambda k: None,
+        }
+    rows = np.arange(n, dtype=np.int32)
+    results = []
+    for start, basis in starts.items():
+        for algorithm, options in ALGORITHMS.items():
+            if algorithm == "IPM" and start != "the slack basis":
+                continue  # IPM takes no start
+            if algorithm == "primal simplex" and start == "the slack basis" and not f.plain:
+                continue  # minutes per unit
+            for key, value in options.items():
+                highs.setOptionValue(key, value)
+            seconds, iterations = 0.0, []
+            for k in range(units):
+                began = time.perf_counter()
+                highs.changeRowsBounds(n, rows, lower[:, k], upper[:, k])  # type: ignore[attr-defined]
+                highs.clearSolver()
+                start_basis = basis(k)
+                if start_basis is not None:
+                    highs.setBasis(start_basis)
+                highs.run()
+                seconds += time.perf_counter() - began
+                info = highs.getInfo()
+                iterations.append(info.ipm_iteration_count if algorithm == "IPM" else info.simplex_iteration_count)
+            highs.resetOptions()
+            highs.setOptionValue("output_flag", False)
+            highs.setOptionValue("presolve", "off")
+            results.append((start, algorithm, seconds, iterations))
+    return results
 
 
 if __name__ == "__main__":

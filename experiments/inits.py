@@ -2,19 +2,20 @@
 
 Every run first builds its network with PyTorch's default initialization under
 ``torch.manual_seed(seed)`` (``build_model``), then ``initialize`` applies the
-named scheme on top:
+named init on top (``experiments.init_names`` gives the grammar): first its base,
 
 - random: ``default`` (leave PyTorch's init), ``kaiming_normal`` (He et al.
   2015, ReLU gain, fan-in, zero bias), ``xavier_uniform`` (Glorot & Bengio
   2010, zero bias), ``orthogonal`` (Saxe et al. 2014, zero bias);
 - data-dependent / ReLU-aware baselines: ``lsuv`` (Mishkin & Matas 2016) and
   ``rai`` (Lu et al. 2019);
-- ``lp@<radius>``: ``lpinit.lp_initialize`` on the default random start;
-- ``bias_shift@<radius>``: the control. The same default random start; each
-  Linear layer feeding a ReLU gets ONE constant added to its bias, chosen by
-  bisection layer by layer in forward order, so that the layer's zero fraction
-  on the LP batch equals what ``lp@<radius>`` reached for the same seed and
-  architecture. If the LP only helped by adding bias, this matches it.
+
+then its steps in order: ``lp(...)`` (``lpinit.lp_initialize``),
+``quantile_bias(...)`` (``lpinit.quantile_bias_``) and ``bias_shift(...)``, the
+control of ``lp(...)`` with the same keys: from the same start, each ReLU-fed
+layer gets ONE constant added to its bias so that the layer's zero fraction on
+the LP batch equals what that LP reached for the same seed and architecture
+(``lpinit.bias_shift_``). If the LP only helped by adding bias, this matches it.
 
 Random schemes draw from a ``torch.Generator`` seeded by the run's seed and
 apply to every ``nn.Linear`` (definition order = forward order for the MLPs
@@ -25,55 +26,48 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from lpinit import lp_initialize
-from lpinit.tracing import relu_fed_linears
+from experiments.init_names import (
+    BASES,
+    VALID_INITS,
+    InitSpec,
+    Step,
+    control_of,
+    family,
+    is_control,
+    parse_init_name,
+)
+from lpinit import bias_shift_, lp_initialize, quantile_bias_
+from lpinit.tracing import capture_layer_io, relu_fed_layers
 
-FIXED_INITS = ("default", "kaiming_normal", "xavier_uniform", "orthogonal", "lsuv", "rai")
-PARAMETRIC_INITS = ("lp", "bias_shift")
+FIXED_INITS = BASES
+LP_RADII = (0.02, 0.05, 0.1, 0.2)
+"""The radii of the first comparison's ``lp@<radius>`` and ``bias_shift@<radius>``."""
+LEGACY_INITS = tuple(f"{kind}@{r:g}" for kind in ("lp", "bias_shift") for r in LP_RADII)
 
-FAMILIES = {
-    "default": "random",
-    "kaiming_normal": "random",
-    "xavier_uniform": "random",
-    "orthogonal": "random",
-    "lsuv": "data-dependent",
-    "rai": "data-dependent",
-    "lp": "lp",
-    "bias_shift": "bias_shift",
+ARCHS = {
+    "seed": "the notebook's 784-750-320-50-10 MLP, ReLU on the logits",
+    "mlp": "the same widths without the ReLU on the logits",
+    "cnn": "a LeNet-5-style CNN (lpinit.cnn), no ReLU on the logits",
 }
 
-
-def parse_init_name(name: str) -> tuple[str, float | None]:
-    """Split ``"lp@0.1"`` into ``("lp", 0.1)``; ``"lsuv"`` into ``("lsuv", None)``."""
-    valid = ", ".join(FIXED_INITS) + ", lp@<radius>, bias_shift@<radius> (e.g. lp@0.1)"
-    if not isinstance(name, str):
-        raise TypeError(f"Expected an init name (str), got {type(name).__name__}. Valid inits: {valid}.")
-    base, sep, arg = name.partition("@")
-    if not sep and base in FIXED_INITS:
-        return base, None
-    if sep and base in PARAMETRIC_INITS:
-        try:
-            radius = float(arg)
-        except ValueError:
-            radius = float("nan")
-        if not radius > 0:
-            raise ValueError(f"Expected a positive radius after '@' in {name!r}, e.g. {base}@0.1.")
-        return base, radius
-    raise ValueError(f"Unknown init {name!r}. Valid inits: {valid}.")
-
-
-def check_init_name(name: str) -> str:
-    parse_init_name(name)
-    return name
-
-
-def family(name: str) -> str:
-    return FAMILIES[parse_init_name(name)[0]]
+__all__ = [
+    "ARCHS",
+    "FIXED_INITS",
+    "LEGACY_INITS",
+    "VALID_INITS",
+    "InitSpec",
+    "build_model",
+    "control_of",
+    "family",
+    "initialize",
+    "is_control",
+    "parse_init_name",
+]
 
 
 def build_model(arch: str, seed: int) -> nn.Module:
@@ -81,58 +75,55 @@ def build_model(arch: str, seed: int) -> nn.Module:
 
     The global RNG is forked, so the caller's random state is untouched.
     """
-    from lpinit import mlp, seed_mlp
+    from lpinit import cnn, mlp, seed_mlp
 
-    builders = {"seed": seed_mlp, "mlp": lambda: mlp((784, 750, 320, 50, 10), final_relu=False)}
-    if arch not in builders:
-        raise ValueError(f"Unknown arch {arch!r}. Valid archs: {', '.join(builders)}.")
+    if arch not in ARCHS:
+        raise ValueError(f"Unknown arch {arch!r}. Valid archs: {', '.join(ARCHS)}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return builders[arch]()
+        if arch == "cnn":
+            return cnn()
+        return seed_mlp() if arch == "seed" else mlp((784, 750, 320, 50, 10), final_relu=False)
 
 
-def _linears(model: nn.Module) -> list[nn.Linear]:
-    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+def _layers(model: nn.Module) -> list[nn.Linear | nn.Conv2d]:
+    """The layers a scheme initializes: Linear and Conv2d, in definition order
+    (= forward order for the networks used here)."""
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
 
 
 @torch.no_grad()
 def kaiming_normal_(model: nn.Module, generator: torch.Generator) -> None:
     """W ~ N(0, 2 / fan_in), b = 0."""
-    for layer in _linears(model):
+    for layer in _layers(model):
         nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
-        nn.init.zeros_(layer.bias)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
 @torch.no_grad()
 def xavier_uniform_(model: nn.Module, generator: torch.Generator) -> None:
     """W ~ U(-a, a), a = sqrt(6 / (fan_in + fan_out)), b = 0."""
-    for layer in _linears(model):
+    for layer in _layers(model):
         nn.init.xavier_uniform_(layer.weight, generator=generator)
-        nn.init.zeros_(layer.bias)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
 @torch.no_grad()
 def orthogonal_(model: nn.Module, generator: torch.Generator) -> None:
     """W = a (semi-)orthogonal matrix from the QR of a Gaussian one, b = 0."""
-    for layer in _linears(model):
+    for layer in _layers(model):
         nn.init.orthogonal_(layer.weight, generator=generator)
-        nn.init.zeros_(layer.bias)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
 
 
-def _layer_outputs(model: nn.Module, batch: torch.Tensor, layers: list[nn.Module]) -> list[torch.Tensor]:
-    """Outputs of ``layers`` (pre-activations, for Linear layers) on ``batch``."""
-    outputs: dict[int, torch.Tensor] = {}
-    handles = [
-        layer.register_forward_hook(lambda m, a, out, i=i: outputs.setdefault(i, out.detach()))
-        for i, layer in enumerate(layers)
-    ]
-    try:
-        with torch.no_grad():
-            model(batch)
-    finally:
-        for h in handles:
-            h.remove()
-    return [outputs[i] for i in range(len(layers))]
+def _layer_outputs(model: nn.Module, batch: torch.Tensor, layers: Sequence[nn.Module]) -> list[torch.Tensor]:
+    """Outputs of ``layers`` (pre-activations, for Linear layers) on ``batch``: each layer's first call."""
+    with torch.no_grad():
+        calls = capture_layer_io(model, layers, lambda: model(batch), what="output")
+    return [outputs[0] for outputs in calls]
 
 
 @torch.no_grad()
@@ -141,13 +132,15 @@ def lsuv_(
 ) -> list[float]:
     """Layer-sequential unit-variance init (Mishkin & Matas 2016, Algorithm 1).
 
-    Orthogonal weights and zero biases, then for each Linear layer in forward
-    order: while ``|Var(W x) - 1| >= tol`` on the batch, ``W <- W / sqrt(Var)``.
+    Orthogonal weights and zero biases (a Conv2d's kernel reshaped to
+    (out_channels, in_channels * kh * kw), as the paper does), then for each
+    Linear and Conv2d layer in forward order: while ``|Var(W x) - 1| >= tol``
+    on the batch (over samples, channels and positions), ``W <- W / sqrt(Var)``.
     Returns each layer's final pre-activation variance.
     """
     orthogonal_(model, generator)
     variances = []
-    for layer in _linears(model):
+    for layer in _layers(model):
         for _ in range(max_iter):
             (out,) = _layer_outputs(model, batch, [layer])
             var = float(out.var())
@@ -163,7 +156,8 @@ def rai_(model: nn.Module, generator: torch.Generator) -> None:
     """Randomized asymmetric initialization (Lu, Shin, Su & Karniadakis 2019,
     "Dying ReLU and Initialization: Theory and Numerical Examples").
 
-    For each neuron j, the row V_j = [W_j, b_j] (fan_in + 1 entries) is drawn
+    For each neuron j (a Conv2d: each output channel, fan_in = in_channels *
+    kh * kw), the row V_j = [W_j, b_j] (fan_in + 1 entries) is drawn
     i.i.d. from N(0, 0.6007^2 / fan_in); then ONE entry of V_j, chosen uniformly
     at random (it may be the bias), is replaced by a draw from Beta(2, 1), a
     positive, asymmetric distribution. This is the authors' published
@@ -172,19 +166,30 @@ def rai_(model: nn.Module, generator: torch.Generator) -> None:
     Beta(2, 1) is sampled as sqrt(U), U ~ U(0, 1) (its CDF is x^2), so the
     draw uses the seeded generator.
     """
-    for layer in _linears(model):
-        fan_out, fan_in = layer.weight.shape
+    for layer in _layers(model):
+        fan_out = layer.weight.shape[0]
+        fan_in = layer.weight[0].numel()
         v = torch.randn(fan_out, fan_in + 1, generator=generator) * (0.6007 / math.sqrt(fan_in))
         k = torch.randint(0, fan_in + 1, (fan_out,), generator=generator)
         v[torch.arange(fan_out), k] = torch.rand(fan_out, generator=generator).sqrt()
-        layer.weight.copy_(v[:, :-1])
-        layer.bias.copy_(v[:, -1])
+        layer.weight.copy_(v[:, :-1].reshape(layer.weight.shape))
+        if layer.bias is not None:
+            layer.bias.copy_(v[:, -1])
 
 
-def lp_(model: nn.Module, batch: torch.Tensor, radius: float, margin: float) -> dict:
+def lp_options(step: Step, default_margin: float) -> dict:
+    """``lp_initialize``'s keyword arguments for an ``lp(...)`` (or ``bias_shift(...)``) step."""
+    options: dict = {"radius": step.get("radius", 0.1), "margin": step.get("margin", default_margin)}
+    for key, argument in (("rescale", "rescale"), ("anchor", "anchor"), ("l1", "l1"), ("target", "target_active")):
+        if step.get(key) is not None:
+            options[argument] = step.get(key)
+    return options
+
+
+def lp_(model: nn.Module, batch: torch.Tensor, radius: float, margin: float, **options) -> dict:
     """``lpinit.lp_initialize`` with one job and no progress bar (runs are
     already parallel over processes); returns its report as data."""
-    report = lp_initialize(model, batch, radius=radius, margin=margin, n_jobs=1, progress=False)
+    report = lp_initialize(model, batch, radius=radius, margin=margin, n_jobs=1, progress=False, **options)
     return _jsonable_report(report)
 
 
@@ -220,51 +225,13 @@ def _jsonable_report(report) -> dict:
 
 def relu_zero_fractions(model: nn.Module, batch: torch.Tensor) -> list[float]:
     """Zero fraction of the ReLU fed by each Linear layer (forward order) on ``batch``."""
-    layers = [layer for _, layer in relu_fed_linears(model, batch[:1])]
+    layers = [layer for _, layer in relu_fed_layers(model, batch[:1])]
     return [float((z <= 0).float().mean()) for z in _layer_outputs(model, batch, layers)]
 
 
-def bisect_bias_shift(z: torch.Tensor, target: float, iters: int = 60) -> float:
-    """The constant c whose ``mean(z + c <= 0)`` is closest to ``target``.
-
-    The zero fraction falls monotonically as c grows; bracket, then bisect.
-    """
-
-    def frac(c: float) -> float:
-        return float((z + c <= 0).float().mean())
-
-    lo, hi = -1.0, 1.0
-    for _ in range(64):
-        if frac(lo) >= target:
-            break
-        lo *= 2
-    for _ in range(64):
-        if frac(hi) <= target:
-            break
-        hi *= 2
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        if frac(mid) > target:
-            lo = mid
-        else:
-            hi = mid
-    return min((lo, hi), key=lambda c: abs(frac(c) - target))
-
-
-@torch.no_grad()
-def bias_shift_(model: nn.Module, batch: torch.Tensor, targets: list[float]) -> list[float]:
-    """Add one constant per ReLU-fed Linear layer to its bias, in forward order,
-    so that its zero fraction on ``batch`` matches ``targets``; return the shifts."""
-    layers = [layer for _, layer in relu_fed_linears(model, batch[:1])]
-    if len(targets) != len(layers):
-        raise ValueError(f"Expected one target zero fraction per ReLU-fed layer ({len(layers)}), got {len(targets)}.")
-    shifts = []
-    for layer, target in zip(layers, targets, strict=True):
-        (z,) = _layer_outputs(model, batch, [layer])
-        c = bisect_bias_shift(z, target)
-        layer.bias.add_(c)
-        shifts.append(c)
-    return shifts
+LPTargets = Callable[[InitSpec], list[float]]
+"""``targets(lp_init)``: the per-layer zero fractions on the LP batch that
+``lp_init`` (an init ending with an ``lp`` step) reaches, e.g. from a cache."""
 
 
 def initialize(
@@ -274,50 +241,72 @@ def initialize(
     seed: int,
     *,
     lp_margin: float = 0.1,
-    lp_targets: Callable[[float], list[float]] | None = None,
+    lp_targets: LPTargets | None = None,
 ) -> dict:
     """Apply the named init in place to ``model`` (built by ``build_model``).
 
     Args:
-        name: an init name (see the module docstring).
+        name: an init name (``experiments.init_names``).
         model: the network with PyTorch's default init for ``seed``.
-        batch: the LP batch (used by lsuv, lp@, bias_shift@).
+        batch: the LP batch (used by lsuv and the steps).
         seed: the run's seed; seeds the generator of random schemes.
-        lp_margin: margin for ``lp_initialize``.
-        lp_targets: for bias_shift, returns the LP's per-layer zero fractions at
-            a radius for this seed and arch (e.g. from a cache); by default the
-            LP is run on a copy of the model.
+        lp_margin: the margin of ``lp`` steps that give none.
+        lp_targets: for a ``bias_shift`` step, the per-layer zero fractions of
+            the LP it matches; by default that LP is run on a copy of the model.
 
     Returns:
-        A JSON-ready dict of what the init did (LSUV variances, shifts, LP report).
+        A JSON-ready dict of what the init did (LSUV variances, LP report, shifts).
     """
-    base, radius = parse_init_name(name)
+    spec = parse_init_name(name)
     generator = torch.Generator().manual_seed(seed)
     info: dict = {}
-    if base == "default":
-        pass
-    elif base == "kaiming_normal":
+    if spec.base == "kaiming_normal":
         kaiming_normal_(model, generator)
-    elif base == "xavier_uniform":
+    elif spec.base == "xavier_uniform":
         xavier_uniform_(model, generator)
-    elif base == "orthogonal":
+    elif spec.base == "orthogonal":
         orthogonal_(model, generator)
-    elif base == "lsuv":
+    elif spec.base == "lsuv":
         info["lsuv_variances"] = lsuv_(model, batch, generator)
-    elif base == "rai":
+    elif spec.base == "rai":
         rai_(model, generator)
-    elif base == "lp":
-        info["lp_report"] = lp_(model, batch, radius, lp_margin)
-    elif base == "bias_shift":
-        if lp_targets is None:
-            lp_model = copy.deepcopy(model)
-            lp_(lp_model, batch, radius, lp_margin)
-            targets = relu_zero_fractions(lp_model, batch)
+    elif spec.base != "default":  # parse_init_name already rejected anything else
+        raise ValueError(f"Unhandled base init {spec.base!r}.")
+    for position, step in enumerate(spec.steps):
+        if step.kind == "lp":
+            info["lp_report"] = lp_(model, batch, **lp_options(step, lp_margin))
+        elif step.kind == "quantile_bias":
+            result = quantile_bias_(model, batch, step.number("q", 0.5), rescale=_rescale(step))
+            info["quantile_bias"] = [_change_summary(change) for change, _ in result.layers]
+        elif step.kind == "bias_shift":
+            matched = InitSpec(spec.base, (*spec.steps[:position], Step("lp", step.options)), spec.legacy)
+            if lp_targets is None:
+                lp_model = copy.deepcopy(model)
+                lp_(lp_model, batch, **lp_options(step, lp_margin))
+                targets = relu_zero_fractions(lp_model, batch)
+            else:
+                targets = lp_targets(matched)
+            result = bias_shift_(model, batch, targets, rescale=_rescale(step))
+            info["bias_shift_targets"] = targets
+            info["bias_shifts"] = [shift for _, shift in result.layers]
+            info["bias_shift_reached"] = relu_zero_fractions(model, batch)
         else:
-            targets = lp_targets(radius)
-        info["bias_shift_targets"] = targets
-        info["bias_shifts"] = bias_shift_(model, batch, targets)
-        info["bias_shift_reached"] = relu_zero_fractions(model, batch)
-    else:  # parse_init_name already rejected anything else
-        raise ValueError(f"Unhandled init {name!r}.")
+            raise ValueError(f"Unhandled step {step.kind!r}.")
     return info
+
+
+def _rescale(step: Step) -> str | None:
+    value = step.get("rescale")
+    return None if value is None else str(value)
+
+
+def _change_summary(change) -> dict:
+    """What the report keeps of a ``lpinit.layerwise.LayerChange``."""
+    return {
+        "name": change.name,
+        "zeros_before": change.zeros_before,
+        "zeros_after": change.zeros_after,
+        "elements": change.elements,
+        "preact_rms_before": change.before.rms,
+        "preact_rms_after": change.after.rms,
+    }

@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.stats import flat_metrics, init_zero_source
+from experiments.stats import flat_metrics, init_zero_source, stability_groups
+from lpinit.files import write_atomic
 
 
 def _by(records, *keys):
@@ -119,9 +120,65 @@ def zeros_per_layer_at_init(records, path: Path) -> Path:
     return _save(fig, path)
 
 
+def _label(key: tuple, many_archs: bool) -> str:
+    arch, init, stage = key
+    return f"{arch} {init} ({stage})" if many_archs else f"{init} ({stage})"
+
+
+def plot_stability(records: list[dict], path) -> Path:
+    """Pattern-change fraction, flipped units and ||L_gen|| / ||f(x)|| against
+    perturbation size, written as a PNG to ``path``: one line per (init, stage)
+    (colour = init, dashed = at init, solid = trained, marker = arch), mean over
+    seeds with min..max error bars."""
+    if not records:
+        raise ValueError("Expected at least one stability record, got none. Run measure_stability first.")
+    groups = stability_groups(records)
+    many_archs = len({k[0] for k in groups}) > 1
+    inits = sorted({k[1] for k in groups})
+    cmap = plt.get_cmap("tab10" if len(inits) <= 10 else "tab20")
+    colors = {init: cmap(i % cmap.N) for i, init in enumerate(inits)}
+    markers = {arch: "os^Dvp*"[i % 7] for i, arch in enumerate(sorted({k[0] for k in groups}))}
+    panels = (
+        ("pattern_changed", "perturbations changing the pattern", "linear"),
+        ("flipped_units", "mean fraction of units flipped", "log"),
+        ("l_gen_rel", "mean ||L_gen|| / mean ||f(x)||", "log"),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
+    for key, by_size in groups.items():
+        sizes = sorted(by_size)
+        style = "--" if key[2] == "init" else "-"
+        for ax, (metric, _, _) in zip(axes, panels, strict=True):
+            values = [[r[metric] for r in by_size[s] if r.get(metric) is not None] for s in sizes]
+            keep = [i for i, v in enumerate(values) if v]
+            if not keep:
+                continue
+            mean = np.array([np.mean(values[i]) for i in keep])
+            low = mean - np.array([np.min(values[i]) for i in keep])
+            high = np.array([np.max(values[i]) for i in keep]) - mean
+            ax.errorbar(
+                [sizes[i] for i in keep],
+                mean,
+                yerr=[low, high],
+                ls=style,
+                marker=markers[key[0]],
+                ms=3,
+                capsize=2,
+                color=colors[key[1]],
+                label=_label(key, many_archs),
+            )
+    for ax, (_, ylabel, yscale) in zip(axes, panels, strict=True):
+        ax.set(xscale="log", yscale=yscale, xlabel="relative perturbation size s", ylabel=ylabel)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylim(-0.02, 1.02)
+    axes[-1].legend(fontsize=7, ncol=1 + len(groups) // 12)
+    fig.suptitle("Activation-pattern stability (dashed: at init, solid: trained; bars: min..max over seeds)")
+    return _save(fig, Path(path))
+
+
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` to ``path`` atomically (processes sharing a folder may both report) and close it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:], dpi=110))
     plt.close(fig)
     return path
 
@@ -134,3 +191,106 @@ def all_plots(records, folder: Path) -> list[Path]:
         zeros_per_layer_at_init(records, folder / "zeros_per_layer_at_init.png"),
         zeros_during_training(records, folder / "zeros_during_training.png"),
     ]
+
+
+# ---------------------------------------------------------------- the dose preset
+
+_BASE_COLORS = {"default": ("tab:blue", "tab:cyan"), "kaiming_normal": ("tab:red", "tab:orange")}
+_METHOD_STYLE = {"lp": ("o", "-"), "quantile_bias": ("s", "--"), "bias_shift": ("^", "none")}
+_METHOD_LABEL = {
+    "lp": "LP (activity target)",
+    "quantile_bias": "quantile bias",
+    "bias_shift": "bias shift (LP's control)",
+}
+_METRIC_LABEL = {"accuracy": "final test accuracy (%)", "loss": "final test loss (cross-entropy)"}
+
+
+def dose_response(points, path: Path, metric: str = "accuracy", lrs=None) -> Path:
+    """Final ``metric`` (mean and 95% CI over seeds) against the measured
+    initial zero fraction, a panel per (lr, arch): one line per method and
+    base through its doses, the bare bases and LSUV as reference lines."""
+    lrs = sorted({p.lr for p in points}) if lrs is None else list(lrs)
+    archs = sorted({p.arch for p in points})
+    fig, axes = plt.subplots(len(lrs), len(archs), figsize=(7.2 * len(archs), 4.6 * len(lrs)), squeeze=False)
+    for row, lr in enumerate(lrs):
+        for col, arch in enumerate(archs):
+            ax = axes[row][col]
+            cell = [p for p in points if p.lr == lr and p.arch == arch]
+            _reference_lines(ax, cell, metric)
+            for base in sorted({p.base for p in cell if p.base in _BASE_COLORS}):
+                for method, (marker, line) in _METHOD_STYLE.items():
+                    curve = sorted(
+                        (p for p in cell if p.base == base and p.method == method), key=lambda p: p.zeros["mean"]
+                    )
+                    if not curve:
+                        continue
+                    color = _BASE_COLORS[base][0 if method != "quantile_bias" else 1]
+                    y = [getattr(p, metric) for p in curve]
+                    ax.errorbar(
+                        [p.zeros["mean"] for p in curve],
+                        [d["mean"] for d in y],
+                        yerr=_half_widths(y),
+                        color=color,
+                        marker=marker,
+                        linestyle=line,
+                        capsize=3,
+                        label=f"{base} + {_METHOD_LABEL[method]}",
+                    )
+            n = max((getattr(p, metric)["n"] for p in cell), default=0)
+            ax.set(
+                title=f"arch={arch}, lr={lr:g} (mean, 95% CI over up to {n} seeds)",
+                xlabel="ReLU-zero fraction at init (held-out images, fraction of unit x sample)",
+                ylabel=_METRIC_LABEL[metric],
+            )
+            ax.grid(alpha=0.3)
+        axes[row][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return _save(fig, path)
+
+
+def _half_widths(described: list[dict]) -> np.ndarray:
+    low = np.array([d["mean"] - d["ci_low"] if d["n"] > 1 else 0.0 for d in described])
+    high = np.array([d["ci_high"] - d["mean"] if d["n"] > 1 else 0.0 for d in described])
+    return np.vstack([low, high])
+
+
+def _reference_lines(ax, cell, metric: str) -> None:
+    """Bare bases (and LSUV): a horizontal line at their mean, a band for its CI, a dot at their zeros."""
+    for p in cell:
+        if p.method != "bare":
+            continue
+        color = _BASE_COLORS.get(p.base, ("tab:gray",))[0]
+        value = getattr(p, metric)
+        style = "-." if p.base in _BASE_COLORS else ":"
+        ax.axhline(value["mean"], color=color, linestyle=style, linewidth=1, label=f"{p.base} (bare)")
+        if value["n"] > 1:
+            ax.axhspan(value["ci_low"], value["ci_high"], color=color, alpha=0.08)
+        ax.plot([p.zeros["mean"]], [value["mean"]], marker="D", color=color, markersize=6)
+
+
+def dose_fits(fits, path: Path) -> Path:
+    """The quadratic dose-response fits with their 95% bootstrap bands and
+    fitted maxima, a panel per (lr, arch)."""
+    cells = sorted({(f.lr, f.arch) for f in fits})
+    fig, axes = plt.subplots(1, len(cells), figsize=(6.5 * len(cells), 4.5), squeeze=False)
+    for ax, (lr, arch) in zip(axes[0], cells, strict=True):
+        for fit in (f for f in fits if (f.lr, f.arch) == (lr, arch)):
+            color = _BASE_COLORS.get(fit.base, ("tab:gray", "tab:gray"))[0 if fit.method == "lp" else 1]
+            line = _METHOD_STYLE[fit.method][1]
+            ax.plot(
+                fit.grid,
+                fit.fitted(fit.grid),
+                color=color,
+                linestyle=line,
+                label=f"{fit.base} + {_METHOD_LABEL[fit.method]}",
+            )
+            ax.fill_between(fit.grid, fit.band_low, fit.band_high, color=color, alpha=0.12)
+            spread = [[fit.best_zeros - fit.best_low], [fit.best_high - fit.best_zeros]]
+            ax.errorbar([fit.best_zeros], [fit.best_accuracy], xerr=spread, color=color, marker="*", capsize=3)
+        ax.set(
+            title=f"arch={arch}, lr={lr:g}: quadratic fit, 95% bootstrap band; * = fitted maximum",
+            xlabel="ReLU-zero fraction at init (held-out images)",
+            ylabel="final test accuracy (%)",
+        )
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    return _save(fig, path)

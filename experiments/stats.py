@@ -14,6 +14,8 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats as sps
 
+from experiments.inits import control_of
+
 FINAL_METRICS = ("test_accuracy", "test_loss", "train_loss", "zero_fraction")
 
 
@@ -185,15 +187,45 @@ def zero_accuracy_correlations(records: list[dict], n_boot: int = 2000) -> list[
     return out
 
 
+_STABILITY_GROUP = ("arch", "init", "stage")
+
+
+def stability_groups(records: list[dict]) -> dict[tuple, dict[float, list[dict]]]:
+    """Stability rows (``measure_stability`` rows of run records) grouped as
+    (arch, init, stage) -> size -> the rows of every seed; init before trained."""
+    groups: dict[tuple, dict[float, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        key = tuple(str(r.get(k, "-")) for k in _STABILITY_GROUP)
+        groups[key][float(r["size"])].append(r)
+    stage_order = {"init": 0, "trained": 1}
+
+    def order(item):
+        arch, init, stage = item[0]
+        return arch, init, stage_order.get(stage, 2), stage
+
+    return dict(sorted(groups.items(), key=order))
+
+
+def seed_stat(rows: list[dict], key: str) -> tuple[float, float, int]:
+    """Mean, standard deviation (0 for one seed) and count of ``key`` over rows, skipping None."""
+    values = np.array([r[key] for r in rows if r.get(key) is not None], dtype=float)
+    if values.size == 0:
+        return math.nan, math.nan, 0
+    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0, int(values.size)
+
+
 def comparisons(records: list[dict]) -> list[tuple[str, str]]:
-    """The paired comparisons that exist in these records: each lp@r against
-    its own random start (default) and against bias_shift@r."""
+    """The paired comparisons that exist in these records: each init that has
+    a control (``lp@r``) against its own random start (``default``) and
+    against its control (``bias_shift@r``)."""
     inits = {r["init"] for r in records}
     pairs = []
-    for init in sorted(i for i in inits if i.startswith("lp@")):
-        radius = init.split("@")[1]
+    for init in sorted(inits):
+        control = control_of(init)
+        if control is None:
+            continue
         if "default" in inits:
             pairs.append((init, "default"))
-        if f"bias_shift@{radius}" in inits:
-            pairs.append((init, f"bias_shift@{radius}"))
+        if control in inits:
+            pairs.append((init, control))
     return pairs

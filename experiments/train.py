@@ -8,6 +8,7 @@ so runs with the same seed see the same data order whatever their init.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -16,14 +17,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpinit import count_relu_zeros
+from lpinit.tracing import eval_mode
 
 
-def pick_device(device: str) -> torch.device:
+def pick_device(device: str, check_available: bool = True) -> torch.device:
+    """The torch device for ``auto | cpu | cuda | cuda:<index>``; ``auto`` is cuda
+    when a GPU is visible. With ``check_available``, a GPU that is not there is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+    if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
         raise ValueError(f"Unknown device {device!r}. Valid devices: auto, cpu, cuda, cuda:<index>.")
-    return torch.device(device)
+    chosen = torch.device(device)
+    if check_available and chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"Device {device!r} asked for, but torch sees no CUDA GPU here. Use cpu (or auto).")
+        if chosen.index is not None and chosen.index >= count:
+            raise ValueError(
+                f"Device {device!r} asked for, but torch sees {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})."
+            )
+    return chosen
 
 
 def train_epoch(
@@ -51,13 +64,13 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> dict:
-    """Mean cross-entropy, accuracy (%) and ReLU-zero fraction on (x, y)."""
-    model.eval()
+    """Mean cross-entropy, accuracy (%) and ReLU-zero fraction on (x, y), in eval mode."""
     loss, correct = 0.0, 0
-    for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
-        out = model(xb)
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
-        correct += int((out.argmax(1) == yb).sum())
+    with eval_mode(model):
+        for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size), strict=True):
+            out = model(xb)
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
     zeros = count_relu_zeros(model, x, batch_size=batch_size, patterns=False)
     return {
         "loss": loss / x.shape[0],

@@ -22,13 +22,21 @@ from lpinit.validation import check_data_tensor, check_model, run_model
 
 @dataclass
 class SiteZeros:
-    """Zeros of one ReLU application site (``name`` = the layer feeding it)."""
+    """Zeros of one ReLU application site (``name`` = the layer feeding it).
+
+    A unit is one value of a sample's ReLU output: one neuron after a Linear
+    layer, one (channel, position) element after a convolution, so a site's
+    ``zeros_per_unit[u]`` counts the samples on which unit ``u`` of the output,
+    flattened in C order from ``shape``, is 0. ``zeros_per_channel()`` sums
+    those over the positions of each channel.
+    """
 
     name: str
     zeros: int
     elements: int
     zeros_per_unit: np.ndarray  # (units,) zeros of each unit over the samples
     samples: int
+    shape: tuple[int, ...]  # one sample's ReLU output: (units,) after a Linear, (C, H, W) after a Conv2d
 
     @property
     def units(self) -> int:
@@ -48,12 +56,19 @@ class SiteZeros:
         """Indices of units that are positive on every sample."""
         return np.flatnonzero(self.zeros_per_unit == 0)
 
+    def zeros_per_channel(self) -> np.ndarray:
+        """Zeros of each channel (the first axis of ``shape``), over the samples
+        and the channel's positions: ``zeros_per_unit`` for a Linear site, one
+        count per feature map for a convolution (out of ``samples * H * W``)."""
+        return self.zeros_per_unit.reshape(self.shape[0] if self.shape else 1, -1).sum(axis=1)
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
             "zeros": self.zeros,
             "elements": self.elements,
             "units": self.units,
+            "shape": list(self.shape),
             "zero_fraction": self.zero_fraction,
             "dead_units": int(self.dead_units.size),
             "always_active_units": int(self.always_active_units.size),
@@ -145,46 +160,101 @@ def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()
 
 
+_BLOCK_ROWS = 255  # the most 0/1 rows whose sum fits a uint8
+
+
+def _add_column_counts(mask: np.ndarray, totals: np.ndarray) -> None:
+    """``totals += mask.sum(axis=0)`` for a 2-D boolean ``mask``.
+
+    Summed as bytes in blocks of 255 rows, then the block sums as int64: numpy
+    adds uint8 to uint8 with SIMD, while a bool-to-int sum casts element by element.
+    """
+    rows = mask.view(np.uint8)
+    whole = rows.shape[0] // _BLOCK_ROWS * _BLOCK_ROWS
+    if whole:
+        blocks = rows[:whole].reshape(-1, _BLOCK_ROWS, rows.shape[1]).sum(axis=1, dtype=np.uint8)
+        totals += blocks.sum(axis=0, dtype=np.int64)
+    if whole < rows.shape[0]:
+        totals += rows[whole:].sum(axis=0, dtype=np.uint8)
+
+
+@dataclass
+class _SiteTally:
+    shape: tuple[int, ...]  # one sample's ReLU output
+    zeros: np.ndarray  # (units,) int64
+    packed: list[np.ndarray]  # one (batch, ceil(units / 8)) uint8 array per batch
+
+
 class _Tally:
-    """Accumulates per-site zero counts and packed activation patterns."""
+    """Per-site zero counts and packed activation patterns, updated as each ReLU
+    runs, while its output is still in cache and before any later in-place op
+    can change it."""
 
     def __init__(self, patterns: bool):
         self.patterns = patterns
-        self.per_unit: list[np.ndarray] = []  # one (units,) int64 array per site
-        self.packed: list[np.ndarray] = []  # one (batch, bytes) array per batch
-        self.calls: list[ReluCall] | None = None  # the first batch's sites, for names
+        self.sites: list[_SiteTally] = []
+        self.first_pass: list[ReluCall] | None = []  # kept until the sites are named
+        self.names: list[str] = []
+        self.batch_size = 0
+        self.applied = 0  # ReLUs applied in the current pass
         self.samples = 0
 
-    def add(self, calls: list[ReluCall], batch_size: int) -> None:
-        if self.calls is None:
-            self.calls = calls
-            self.per_unit = [np.zeros(c.output[0].numel(), dtype=np.int64) for c in calls]
-        elif len(calls) != len(self.calls):
+    def start(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.applied = 0
+
+    def on_relu(self, call: ReluCall) -> None:
+        out = call.output
+        if out.numel() % self.batch_size:
+            raise ValueError(
+                f"Expected every ReLU output to hold the same number of values for each sample, but ReLU "
+                f"#{call.position + 1} returned shape {tuple(out.shape)} for a batch of {self.batch_size}. "
+                "Counting needs ReLUs applied to batch-first tensors."
+            )
+        values = _as_numpy(out.reshape(self.batch_size, -1))
+        if self.first_pass is not None:
+            shape = tuple(out.shape[1:]) if out.shape[0] == self.batch_size else (values.shape[1],)
+            self.sites.append(_SiteTally(shape, np.zeros(values.shape[1], dtype=np.int64), []))
+            self.first_pass.append(call)
+        elif self.applied >= len(self.sites):
+            raise ValueError(
+                f"Expected every forward pass to apply the same ReLUs, but one applied more than the "
+                f"{len(self.sites)} of the first. Counting needs a model whose ReLU sites do not depend on the batch."
+            )
+        elif values.shape[1] != self.sites[self.applied].zeros.size:
+            raise ValueError(
+                f"Expected every forward pass to apply the same ReLUs, but ReLU #{self.applied + 1} output "
+                f"{values.shape[1]} values per sample, and {self.sites[self.applied].zeros.size} in the first "
+                "pass. Counting needs a model whose ReLU sites do not depend on the batch."
+            )
+        site = self.sites[self.applied]
+        _add_column_counts(values == 0, site.zeros)
+        if self.patterns:
+            site.packed.append(np.packbits(values > 0, axis=1))
+        self.applied += 1
+
+    def finish(self) -> None:
+        if self.first_pass is not None:
+            self.names = site_names(self.first_pass)
+            self.first_pass = None  # drop the references to the first batch's outputs
+        elif self.applied != len(self.sites):
             raise ValueError(
                 f"Expected every forward pass to apply the same ReLUs, but one applied "
-                f"{len(calls)} and the first {len(self.calls)}. Counting needs a model "
+                f"{self.applied} and the first {len(self.sites)}. Counting needs a model "
                 "whose ReLU sites do not depend on the batch."
             )
-        active = []
-        for i, call in enumerate(calls):
-            # numpy's single-threaded reductions beat torch's on these small
-            # (batch, units) arrays, and avoid thread hand-offs on a busy machine.
-            out = _as_numpy(call.output.reshape(batch_size, -1))
-            self.per_unit[i] += batch_size - np.count_nonzero(out, axis=0)
-            if self.patterns:
-                active.append(out > 0)
-        if self.patterns:
-            self.packed.append(np.packbits(np.concatenate(active, axis=1), axis=1))
-        self.samples += batch_size
+        self.samples += self.batch_size
 
     def result(self) -> ReluZeros:
-        names = site_names(self.calls)
-        sites = []
-        for name, per_unit in zip(names, self.per_unit, strict=True):
-            sites.append(SiteZeros(name, int(per_unit.sum()), per_unit.size * self.samples, per_unit, self.samples))
+        sites = [
+            SiteZeros(name, int(site.zeros.sum()), site.zeros.size * self.samples, site.zeros, self.samples, site.shape)
+            for name, site in zip(self.names, self.sites, strict=True)
+        ]
         distinct = None
         if self.patterns:
-            rows = np.ascontiguousarray(np.concatenate(self.packed))
+            # One row of bits per sample, each site padded to whole bytes (the
+            # padding bits are 0 in every row, so they change no comparison).
+            rows = np.concatenate([np.concatenate(site.packed) for site in self.sites], axis=1)
             distinct = len(np.unique(rows.view(np.dtype((np.void, rows.shape[1])))))
         return ReluZeros(self.samples, sites, distinct)
 
@@ -192,8 +262,11 @@ class _Tally:
 def count_relu_zeros(model: nn.Module, data, batch_size: int = 1000, *, patterns: bool = True) -> ReluZeros:
     """Count the zeros output by every ReLU application of ``model`` on ``data``.
 
-    A sample's activation pattern is the set of units with a positive output,
-    across all sites; ``distinct_patterns`` counts the different patterns.
+    Each ReLU output is counted as the ReLU produces it, before a later
+    in-place op can change it. A sample's activation pattern is the set of
+    units with a positive output, across all sites; ``distinct_patterns``
+    counts the different patterns. A unit is one value of a sample's ReLU
+    output (see ``SiteZeros``: a channel and position after a convolution).
     The model runs in eval mode under ``torch.no_grad()``; its outputs,
     parameters and train/eval mode are left as they were.
 
@@ -208,29 +281,31 @@ def count_relu_zeros(model: nn.Module, data, batch_size: int = 1000, *, patterns
             unit and sample in memory).
 
     Example:
-        >>> from lpinit import count_relu_zeros, seed_mlp, load_mnist
-        >>> images, _ = load_mnist(train=False)
-        >>> zeros = count_relu_zeros(seed_mlp(), images)
-        >>> zeros.total_zeros, zeros.site("fc1").zero_fraction
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+        >>> with torch.no_grad():
+        ...     _ = net[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
+        ...     _ = net[0].bias.zero_()
+        >>> zeros = count_relu_zeros(net, torch.tensor([[1.0, 2.0], [-1.0, 3.0]]))
+        >>> zeros.total_zeros, zeros.site("0").zeros_per_unit.tolist(), zeros.distinct_patterns
+        (3, [1, 0, 2], 2)
     """
     check_model(model)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"Expected batch_size to be a positive int, got {batch_size!r}.")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     tally = _Tally(patterns)
-    calls: list[ReluCall] = []
-    with eval_mode(model), torch.no_grad(), watch_relus(model, calls.append):
+    with eval_mode(model), torch.no_grad(), watch_relus(model, tally.on_relu):
         for batch in _batches(data, batch_size):
-            calls.clear()
             batch = batch.to(device)
+            tally.start(batch.shape[0])
             run_model(model, batch)
-            if not calls:
+            if tally.applied == 0:
                 raise ValueError(
                     f"Expected a model that applies at least one ReLU, got a "
                     f"{type(model).__name__} whose forward pass applied none. Use a "
                     "model with nn.ReLU modules or F.relu/torch.relu calls."
                 )
-            tally.add(list(calls), batch.shape[0])
+            tally.finish()
     if tally.samples == 0:
         raise ValueError("Expected at least one sample in data, got an empty iterable of batches.")
     return tally.result()

@@ -1,72 +1,105 @@
-"""``lp_initialize``: move each ReLU-fed Linear layer's weights by a small,
-bounded amount so that fewer pre-activations on a batch fall below a margin.
+"""``lp_initialize``: change each ReLU-fed layer's weights and biases by a
+bounded amount, chosen by one LP per unit (``lpinit.lp.problem`` writes the LP
+and its options out), so that the chosen pre-activations on a batch become
+positive, the others not. A layer is a ``nn.Linear`` (a unit: an output
+feature; a row: a sample) or a ``nn.Conv2d`` with ``groups=1`` (a unit: an
+output channel; a row: a sample at one output position; ``lpinit.layer_rows``).
 
-For each ``nn.Linear`` whose output goes straight into a ReLU, in forward
-order, with every earlier layer already updated, the layer input ``H`` on the
-batch defines one LP per unit j (``lpinit.lp``):
-
-.. math::
-    \\min_{d, e, s} \\sum_i s_i \\quad \\text{s.t.}\\quad
-    H_i (w_j + d) + b_j + e + s_i \\ge m,\\; s \\ge 0,\\;
-    \\|d\\|_\\infty \\le \\rho_w,\\; |e| \\le \\rho_b
-
-the LP relaxation of "as few pre-activations below the margin as possible".
-The bounds are relative to the layer's own scales:
+Layers are changed in forward order, each LP seeing the earlier layers as
+already changed (``lpinit.layerwise``). The bounds and the margin are relative
+to each layer's own scales:
 
 - ``rho_w = radius * sqrt(3) * std(W)``: PyTorch's default init draws
   ``W ~ U(-a, a)`` with ``a = 1/sqrt(fan_in) = sqrt(3) std(W)``, so each weight
-  moves by at most ``radius`` times the init's own range;
-- ``rho_b = radius * std(Z)`` and ``m = margin * std(Z)``, with ``Z = H W^T + b``
-  the layer's pre-activations on the batch before the update: a bias and a
-  margin live in the units of the pre-activation, not of the weights (a
-  zero-initialized bias has no scale of its own).
+  moves by at most ``radius`` times the init's own range (``std`` over all
+  the layer's weights, a Conv2d's kernel entries);
+- ``rho_b = radius * std(Z)``, ``m = margin * std(Z)`` and ``lambda = l1 * std(Z)``,
+  with ``Z = H W^T + b`` the layer's pre-activations on every row of the batch
+  before the change: a bias, a margin and a shortfall live in the units of the
+  pre-activation, not of the weights (a zero-initialized bias has no scale of
+  its own).
+
+A layer with more rows than ``max_rows`` (a Conv2d has samples x output
+positions of them) gives its LPs a seeded sample of ``max_rows`` rows; its
+activity targets (``target_active``) are then the top rows of that sample.
+The report's zeros, margin counts and pre-activation statistics are over
+every row of the batch.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from lpinit.counting import count_relu_zeros
+from lpinit.layerwise import RESCALE_MODES, LayerChange, LayerInput, adjust_layerwise
 from lpinit.lp import SOLVERS, solve_layer
-from lpinit.tracing import relu_fed_linears
-from lpinit.validation import check_choice, check_data_tensor, check_non_negative, run_model
+from lpinit.lp.problem import LayerSolution, top_rows
+from lpinit.validation import (
+    check_choice,
+    check_data_tensor,
+    check_lp_options,
+    check_max_rows,
+    check_model,
+    check_n_jobs,
+    check_non_negative,
+)
+
+ANCHORS = ("mean",)
+DEFAULT_MAX_ROWS = 8192
+"""Rows per layer given to the LPs by default (README: how the LP objective
+and the zeros on every row change with it)."""
+LARGEST_BOUND = 1e15
+"""Bounds at or above HiGHS's infinity (1e20) would be read as no bound at all."""
 
 
 @dataclass
 class LayerReport:
-    """What the LP did to one layer. Bounds and margin are absolute, so anyone
-    can re-solve the same LPs; counts are over (samples x units) of the batch."""
+    """What the LP did to one layer. Bounds, margin and ``l1`` are absolute, so
+    anyone can re-solve the same LPs; counts are over (rows x units) of the
+    batch, every row; pre-activation statistics are over every row, before
+    the LP, after it, and after rescaling (the final parameters). The LP
+    objective and ``met_target`` are over the ``lp_rows`` rows the LPs saw."""
 
     name: str
-    in_features: int
-    out_features: int
-    batch_size: int
+    in_features: int  # columns of each LP's H (a Conv2d: in_channels * kh * kw)
+    out_features: int  # units (a Conv2d: output channels)
+    batch_size: int  # samples
+    rows: int  # rows of the batch: samples (x output positions, for a Conv2d)
+    lp_rows: int  # rows each LP saw: rows, or a sample of max_rows of them
     weight_bound: float
     bias_bound: float
     margin: float
+    l1: float
     below_margin_before: int
     below_margin_after: int
     zeros_before: int
     zeros_after: int
+    preact_mean_before: float
+    preact_rms_before: float
+    preact_mean_lp: float
+    preact_rms_lp: float
+    preact_mean_after: float
+    preact_rms_after: float
     lp_objective: float  # sum over units solved to optimality
     status_counts: dict[str, int]
+    met_target: int | None  # units active exactly on their target rows (target_active only)
     iterations: int
     solver_time_s: float
     wall_time_s: float
-    processes: int  # that solved the LPs: this one and any helpers
+    processes: int  # that solved the LPs: this one and its worker processes
     max_abs_weight_change: float
-    relative_change: float  # ||[dW, db]||_F / ||[W, b]||_F
+    relative_change: float  # ||[dW, db]||_F / ||[W, b]||_F, final parameters
 
     @property
     def elements(self) -> int:
-        return self.batch_size * self.out_features
+        return self.rows * self.out_features
 
 
 @dataclass
@@ -78,6 +111,11 @@ class LPInitReport:
     margin: float
     solver: str
     exact: bool
+    rescale: str | None = None
+    anchor: str | None = None
+    l1: float = 0.0
+    target_active: float | None = None
+    max_rows: int | None = None
     layers: list[LayerReport] = field(default_factory=list)
     network_zeros_before: int = 0
     network_zeros_after: int = 0
@@ -97,69 +135,58 @@ class LPInitReport:
         return out
 
     def __str__(self) -> str:
+        target = self.target_active is not None
         head = (
-            f"{'layer':<8}{'shape':>10}{'rho_w':>10}{'rho_b':>9}{'margin':>9}"
-            f"{'<m before':>11}{'after':>8}{'zeros before':>14}{'after':>8}"
-            f"{'LP obj':>10}{'opt/tl/fail':>13}{'max|dW|':>9}{'rel':>7}{'time s':>8}{'proc':>5}"
+            f"{'layer':<8}{'shape':>10}{'rho_w':>10}{'rho_b':>9}{'margin':>9}{'LP obj':>11}"
+            f"{'opt/tl/fail':>13}{'met target' if target else '':>12}{'time s':>8}{'proc':>5}"
         )
-        rows = [head]
+        rows = ["The LPs", head]
         for r in self.layers:
             counts = r.status_counts
             statuses = f"{counts.get('optimal', 0)}/{counts.get('time_limit', 0)}/{counts.get('failed', 0)}"
+            met = f"{r.met_target}/{r.out_features}" if r.met_target is not None else ""
             rows.append(
                 f"{r.name:<8}{f'{r.in_features}x{r.out_features}':>10}{r.weight_bound:>10.2e}"
-                f"{r.bias_bound:>9.3f}{r.margin:>9.3f}{r.below_margin_before:>11,}"
-                f"{r.below_margin_after:>8,}{r.zeros_before:>14,}{r.zeros_after:>8,}"
-                f"{r.lp_objective:>10.2f}{statuses:>13}{r.max_abs_weight_change:>9.2e}"
-                f"{r.relative_change:>7.3f}{r.wall_time_s:>8.2f}{r.processes:>5}"
+                f"{r.bias_bound:>9.3f}{r.margin:>9.3f}{r.lp_objective:>11.2f}{statuses:>13}{met:>12}"
+                f"{r.wall_time_s:>8.2f}{r.processes:>5}"
+            )
+        rows += [
+            "",
+            "On the batch: zeros, pre-activations below the margin, pre-activation mean / RMS "
+            "(before, after the LP, after rescaling)",
+            f"{'layer':<8}{'zeros':>23}{'< margin':>23}{'before':>15}{'LP':>15}{'rescaled':>15}"
+            f"{'max|dW|':>10}{'rel':>7}",
+        ]
+        for r in self.layers:
+            rows.append(
+                f"{r.name:<8}{f'{r.zeros_before:,} -> {r.zeros_after:,}':>23}"
+                f"{f'{r.below_margin_before:,} -> {r.below_margin_after:,}':>23}"
+                f"{f'{r.preact_mean_before:.2f} / {r.preact_rms_before:.2f}':>15}"
+                f"{f'{r.preact_mean_lp:.2f} / {r.preact_rms_lp:.2f}':>15}"
+                f"{f'{r.preact_mean_after:.2f} / {r.preact_rms_after:.2f}':>15}"
+                f"{r.max_abs_weight_change:>10.2e}{r.relative_change:>7.3f}"
+            )
+        sampled = [r for r in self.layers if r.lp_rows < r.rows]
+        if sampled:
+            rows.append(
+                f"LPs on a seeded sample of rows (max_rows={self.max_rows}): "
+                + ", ".join(f"{r.name} {r.lp_rows:,} of {r.rows:,}" for r in sampled)
+                + "; LP objective and met target on the sample, everything else on every row"
             )
         before = self.network_zeros_before / max(self.network_elements, 1)
         after = self.network_zeros_after / max(self.network_elements, 1)
         mode = "exact MIP" if self.exact else "LP"
+        options = [f"radius {self.radius:g}", f"margin {self.margin:g}"]
+        options += [f"l1 {self.l1:g}"] if self.l1 else []
+        options += [f"anchor {self.anchor}"] if self.anchor else []
+        options += [f"target_active {self.target_active:g}"] if target else []
+        options += [f"rescale {self.rescale}"] if self.rescale else []
         rows.append(
-            f"{mode} via {self.solver}, radius {self.radius:g}, margin {self.margin:g}: ReLU zeros on "
-            f"the batch {self.network_zeros_before:,} -> {self.network_zeros_after:,} "
-            f"({before:.4f} -> {after:.4f}) in {self.wall_time_s:.1f} s"
+            f"{mode} via {self.solver}, {', '.join(options)}: ReLU zeros on the batch "
+            f"{self.network_zeros_before:,} -> {self.network_zeros_after:,} ({before:.4f} -> {after:.4f}) "
+            f"in {self.wall_time_s:.1f} s"
         )
         return "\n".join(rows)
-
-
-def _layer_input(model, params, batch, layer):
-    """The input of ``layer`` when ``model`` runs on ``batch`` with ``params``."""
-    captured = []
-    handle = layer.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
-    try:
-        functional_call(model, params, (batch,))
-    finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise ValueError(
-            f"Expected each ReLU-fed Linear layer to run once per forward pass, but one ran "
-            f"{len(captured)} times. Restrict `layers=` to layers applied once."
-        )
-    return captured[0].reshape(-1, layer.in_features)
-
-
-def _select_layers(model, batch, layers):
-    found = relu_fed_linears(model, batch)
-    if not found:
-        raise ValueError(
-            f"Expected a model with at least one nn.Linear whose output goes straight into a "
-            f"ReLU, got a {type(model).__name__} with none. lp_initialize adjusts such "
-            "layers only; add a ReLU after a Linear layer."
-        )
-    if layers is None:
-        return found
-    if isinstance(layers, str):
-        layers = [layers]
-    valid = [name for name, _ in found]
-    unknown = [name for name in layers if name not in valid]
-    if unknown:
-        raise ValueError(
-            f"Unknown layer name(s) {unknown}. Linear layers followed by a ReLU: "
-            f"{', '.join(valid)}. Pass some of these as layers=[...]."
-        )
-    return [(name, layer) for name, layer in found if name in set(layers)]
 
 
 def lp_initialize(
@@ -168,16 +195,23 @@ def lp_initialize(
     *,
     radius: float = 0.1,
     margin: float = 0.1,
-    layers: list[str] | None = None,
+    rescale: str | None = None,
+    anchor: str | None = None,
+    l1: float = 0.0,
+    target_active: float | None = None,
+    layers: Sequence[str] | None = None,
+    max_rows: int | None = DEFAULT_MAX_ROWS,
+    row_seed: int = 0,
     solver: str = "highs",
     n_jobs: int | None = None,
     time_limit_s: float | None = None,
     exact: bool = False,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> LPInitReport:
-    """Adjust, in place, every Linear layer that feeds a ReLU so that fewer
-    pre-activations on ``batch`` fall below a margin (see the module docstring
-    for the LP and the bounds).
+    """Change, in place, every Linear and Conv2d layer that feeds a ReLU by
+    the LP of each unit (``lpinit.lp.problem``), layer after layer in forward
+    order. A Conv2d's units are its output channels, its rows the (sample,
+    output position) pairs of the batch (``lpinit.layer_rows``).
 
     Every new weight is computed first and written at the end with
     ``param.copy_``, so parameter objects, dtype and device are kept, and if
@@ -185,137 +219,162 @@ def lp_initialize(
     hits the time limit keeps its weights and is counted in the report.
 
     Args:
-        model: a network whose Linear layers feed ReLUs (modules, a reused
-            module, or ``F.relu``/``torch.relu`` calls).
+        model: a network whose Linear or Conv2d (``groups=1``) layers feed
+            ReLUs (modules, a reused module, or ``F.relu``/``torch.relu`` calls).
+            A chosen Conv2d with ``groups > 1`` is an error that names the
+            layers that can be changed.
         batch: float tensor of inputs (n, ...), on any device.
         radius: max change of each weight relative to ``sqrt(3) std(W)``, and
-            of each bias relative to the spread of the pre-activations.
-        margin: the target pre-activation, relative to their spread.
-        layers: names of the layers to adjust (default: all ReLU-fed Linears).
-        solver: ``"highs"`` (highspy, hot-started, parallel) or ``"cvxpy"``
-            (the readable reference; same optimum).
+            of each bias relative to the spread ``std(Z)`` of the pre-activations.
+        margin: the pre-activation level to reach, relative to ``std(Z)``.
+        rescale: ``"unit"`` or ``"layer"``: after each layer's LP, scale each
+            unit's (or the layer's) weights and bias by one positive factor so
+            that the pre-activations keep their RMS on the batch
+            (``lpinit.layerwise``); ``None``: no rescaling.
+        anchor: ``"mean"``: each unit's batch-mean pre-activation may not move.
+        l1: weight of the change in the objective, relative to ``std(Z)``.
+        target_active: ``q`` in (0, 1): each unit is to be active on the
+            ``ceil(q n)`` samples where it is largest and inactive on the
+            others, with the smallest change (needs ``margin > 0``).
+        layers: names of the layers to change (default: every ReLU-fed Linear
+            and Conv2d).
+        max_rows: the most rows of a layer that its LPs see: a layer with
+            more gets a uniform sample of ``max_rows`` of them, drawn with
+            ``row_seed`` (activity targets are then set on that sample). The
+            report's counts and statistics are over every row. ``None``: all rows.
+        row_seed: seeds the sample of rows (with the layer's name).
+        solver: ``"highs"`` (highspy, parallel) or ``"cvxpy"`` (the readable
+            reference; same optimum).
         n_jobs: processes for the highs path, this one included. ``None``: up
-            to one per core; helper processes that are up are used, others are
-            started only for layers whose LPs repay it (``start_helpers``
+            to one per core; worker processes that are up are used, others are
+            started only for layers whose LPs repay it (``start_workers``
             starts them ahead of time).
         time_limit_s: per-unit time limit in seconds.
         exact: solve the mixed-integer version (minimize the count below the
-            margin) instead of the LP; for small layers only.
-        progress: show a tqdm bar over the units of each layer.
+            margin) instead of the LP; plain LP and small layers only.
+        progress: show a tqdm bar over the units of each layer (``None``:
+            only on an interactive terminal).
 
     Returns:
-        An ``LPInitReport``; ``print(report)`` shows a table.
+        An ``LPInitReport``; ``print(report)`` shows its tables.
 
     Example:
-        >>> from lpinit import lp_initialize, load_mnist, seed_mlp
-        >>> images, _ = load_mnist(train=True)
-        >>> model = seed_mlp()
-        >>> report = lp_initialize(model, images[:256], radius=0.1)
-        >>> print(report)
+        >>> import torch
+        >>> from lpinit import lp_initialize, mlp
+        >>> _ = torch.manual_seed(0)
+        >>> model, batch = mlp([4, 8, 3]), torch.randn(32, 4)
+        >>> report = lp_initialize(model, batch, target_active=0.75, radius=2.0, rescale="unit", n_jobs=1)
+        >>> layer = report.layers[0]
+        >>> layer.zeros_after, layer.met_target, round(layer.preact_rms_after, 6) == round(layer.preact_rms_before, 6)
+        (64, 8, True)
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected model to be a torch.nn.Module, got {type(model).__name__}.")
-    check_data_tensor(batch, "batch")
+    check_model(model)
+    check_data_tensor(batch, "batch", min_dim=2)
     radius = check_non_negative(radius, "radius")
     margin = check_non_negative(margin, "margin")
     check_choice(solver, SOLVERS, "solver")
+    check_n_jobs(n_jobs)
+    if rescale is not None:
+        check_choice(rescale, RESCALE_MODES, "rescale")
+    if anchor is not None:
+        check_choice(anchor, ANCHORS, "anchor")
     if time_limit_s is not None:
         time_limit_s = check_non_negative(time_limit_s, "time_limit_s")
+    if exact and (l1 or anchor is not None or target_active is not None):
+        raise ValueError(
+            f"exact=True solves the plain LP's mixed-integer form only, got l1={l1!r}, anchor={anchor!r}, "
+            f"target_active={target_active!r}. Drop exact=True, or those options."
+        )
+    l1, _, target_active = check_lp_options(margin, l1, False, target_active)
+    max_rows = check_max_rows(max_rows)
 
     start = time.perf_counter()
-    reference = next(model.parameters(), batch)
-    batch = batch.to(device=reference.device, dtype=reference.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            run_model(model, batch)  # shape and dtype errors surface here, clearly
-            chosen = _select_layers(model, batch, layers)
-            zeros_before = count_relu_zeros(model, batch, batch.shape[0], patterns=False)
-            params = dict(model.named_parameters())
-            report = LPInitReport(radius, margin, solver, exact)
-            new_params: dict[str, torch.Tensor] = {}
-            for name, layer in chosen:
-                layer_report, updates = _initialize_layer(
-                    model,
-                    params,
-                    batch,
-                    name,
-                    layer,
-                    radius=radius,
-                    margin=margin,
-                    solver=solver,
-                    n_jobs=n_jobs,
-                    time_limit_s=time_limit_s,
-                    exact=exact,
-                    progress=progress,
+
+    def solve(layer: LayerInput) -> tuple[np.ndarray, np.ndarray, tuple[LayerSolution, dict[str, Any]]]:
+        Z = layer.Z_all
+        spread = float(Z.std())
+        bounds: dict[str, float] = {
+            "weight_bound": radius * math.sqrt(3) * float(layer.W.std()),
+            "bias_bound": radius * spread if layer.has_bias else 0.0,
+            "margin": margin * spread,
+        }
+        for key, value in bounds.items():
+            if value >= LARGEST_BOUND:
+                raise ValueError(
+                    f"radius={radius:g} and margin={margin:g} give layer {layer.name!r} a {key} of {value:.3g}, "
+                    f"beyond what the LP solver can represent ({LARGEST_BOUND:.0e}). Lower them, e.g. radius=0.1."
                 )
-                params = {**params, **updates}
-                new_params.update(updates)
-                report.layers.append(layer_report)
-            current = dict(model.named_parameters())
-            for key, value in new_params.items():  # nothing written before this point
-                current[key].copy_(value)
-            zeros_after = count_relu_zeros(model, batch, batch.shape[0], patterns=False)
-    finally:
-        model.train(was_training)
-    report.network_zeros_before = zeros_before.total_zeros
-    report.network_zeros_after = zeros_after.total_zeros
-    report.network_elements = zeros_before.total_elements
+        solution = solve_layer(
+            layer.H,
+            layer.W,
+            layer.b,
+            weight_bound=bounds["weight_bound"],
+            bias_bound=bounds["bias_bound"],
+            margin=bounds["margin"],
+            l1=l1 * spread,
+            anchor=anchor == "mean",
+            target_active=target_active,
+            solver=solver,
+            n_jobs=n_jobs,
+            time_limit_s=time_limit_s,
+            exact=exact,
+            progress=progress,
+            desc=layer.name,
+        )
+        W_new, b_new = layer.W + solution.delta_weight, layer.b + solution.delta_bias
+        measured = {
+            **bounds,
+            "l1": l1 * spread,
+            "below_margin_before": int((bounds["margin"] > Z).sum()),
+            "below_margin_after": int((layer.rows.preactivations(W_new, b_new) < bounds["margin"]).sum()),
+            "met_target": None,
+        }
+        if target_active is not None:  # active exactly on the target rows of H (signs survive rescaling)
+            Z_lp = layer.H @ W_new.T + b_new
+            measured["met_target"] = int(((Z_lp > 0) == top_rows(layer.Z, target_active)).all(axis=0).sum())
+        return W_new, b_new, (solution, measured)
+
+    result = adjust_layerwise(model, batch, solve, layers=layers, rescale=rescale, max_rows=max_rows, row_seed=row_seed)
+    report = LPInitReport(radius, margin, solver, exact, rescale, anchor, l1, target_active, max_rows)
+    for change, (solution, measured) in result.layers:
+        report.layers.append(_layer_report(change, solution, measured))
+    report.network_zeros_before = result.network_zeros_before
+    report.network_zeros_after = result.network_zeros_after
+    report.network_elements = result.network_elements
     report.wall_time_s = time.perf_counter() - start
     return report
 
 
-def _initialize_layer(model, params, batch, name, layer, *, radius, margin, **solve_options):
-    """Solve one layer's LPs; return its report and its new parameters."""
-    prefix = f"{name}." if name else ""
-    weight = params[prefix + "weight"]
-    bias = params.get(prefix + "bias") if layer.bias is not None else None
-    H = _layer_input(model, params, batch, layer).double().cpu().numpy()
-    W = weight.double().cpu().numpy()
-    b = bias.double().cpu().numpy() if bias is not None else np.zeros(W.shape[0])
-    Z = H @ W.T + b
-    spread = float(Z.std())
-    weight_bound = radius * math.sqrt(3) * float(W.std())
-    bias_bound = radius * spread if bias is not None else 0.0
-    margin_abs = margin * spread
-
-    solution = solve_layer(
-        H,
-        W,
-        b,
-        weight_bound=weight_bound,
-        bias_bound=bias_bound,
-        margin=margin_abs,
-        desc=name,
-        **solve_options,
-    )
-    new_W, new_b = W + solution.delta_weight, b + solution.delta_bias
-    Z_new = H @ new_W.T + new_b
-    change = math.sqrt((solution.delta_weight**2).sum() + (solution.delta_bias**2).sum())
-    scale = math.sqrt((W**2).sum() + (b**2).sum())
-    report = LayerReport(
-        name=name,
-        in_features=layer.in_features,
-        out_features=layer.out_features,
-        batch_size=H.shape[0],
-        weight_bound=weight_bound,
-        bias_bound=bias_bound,
-        margin=margin_abs,
-        below_margin_before=int((margin_abs > Z).sum()),
-        below_margin_after=int((Z_new < margin_abs).sum()),
-        zeros_before=int((Z <= 0).sum()),
-        zeros_after=int((Z_new <= 0).sum()),
+def _layer_report(change: LayerChange, solution: LayerSolution, measured: dict[str, Any]) -> LayerReport:
+    lp = change.adjusted
+    return LayerReport(
+        name=change.name,
+        in_features=change.in_features,
+        out_features=change.out_features,
+        batch_size=change.samples,
+        rows=change.rows,
+        lp_rows=change.adjusted_rows,
+        weight_bound=measured["weight_bound"],
+        bias_bound=measured["bias_bound"],
+        margin=measured["margin"],
+        l1=measured["l1"],
+        below_margin_before=measured["below_margin_before"],
+        below_margin_after=measured["below_margin_after"],
+        zeros_before=change.zeros_before,
+        zeros_after=change.zeros_after,
+        preact_mean_before=change.before.mean,
+        preact_rms_before=change.before.rms,
+        preact_mean_lp=lp.mean,
+        preact_rms_lp=lp.rms,
+        preact_mean_after=change.after.mean,
+        preact_rms_after=change.after.rms,
         lp_objective=float(np.nansum(solution.objective)),
         status_counts=solution.status_counts(),
+        met_target=measured["met_target"],
         iterations=int(solution.iterations.sum()),
         solver_time_s=float(solution.solver_time_s.sum()),
         wall_time_s=solution.wall_time_s,
-        processes=solution.workers,
-        max_abs_weight_change=float(np.abs(solution.delta_weight).max(initial=0.0)),
-        relative_change=change / scale if scale > 0 else float("nan"),
+        processes=solution.processes,
+        max_abs_weight_change=change.max_abs_weight_change,
+        relative_change=change.relative_change,
     )
-    updates = {prefix + "weight": torch.as_tensor(new_W).to(weight)}
-    if bias is not None:
-        updates[prefix + "bias"] = torch.as_tensor(new_b).to(bias)
-    return report, updates

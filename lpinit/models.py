@@ -1,4 +1,4 @@
-"""The seed notebook's network and plain MLP builders."""
+"""The seed notebook's network, plain MLP builders and a LeNet-5-style CNN."""
 
 from __future__ import annotations
 
@@ -57,4 +57,40 @@ def mlp(widths: Sequence[int] = SEED_WIDTHS, final_relu: bool = False) -> nn.Seq
         layers.append((f"fc{i + 1}", nn.Linear(widths[i], widths[i + 1])))
         if i < n_layers - 1 or final_relu:
             layers.append((f"relu{i + 1}", nn.ReLU()))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def cnn() -> nn.Sequential:
+    """A LeNet-5-style MNIST network, with PyTorch's default initialization:
+    two blocks of 5x5 convolution (no padding), ReLU and 2x2 max pooling, then
+    three Linear layers, a ReLU after each but the last (the logits)::
+
+        (n, 1, 28, 28) -conv1-> (n, 6, 24, 24) -pool1-> (n, 6, 12, 12)
+        -conv2-> (n, 16, 8, 8) -pool2-> (n, 16, 4, 4) -flatten-> (n, 256)
+        -fc1-> 120 -fc2-> 84 -fc3-> 10
+
+    Layers are named ``conv1, relu1, pool1, conv2, relu2, pool2, flatten, fc1,
+    relu3, fc2, relu4, fc3``; the ReLU-fed ones, which ``lp_initialize``
+    changes, are ``conv1, conv2, fc1, fc2``. (LeCun et al. 1998 pad the 28x28
+    digits to 32x32, average-pool and use a sigmoid-like activation; this is
+    the usual modern reading with ReLU and max pooling.)
+
+    Example:
+        >>> cnn()(torch.zeros(2, 1, 28, 28)).shape
+        torch.Size([2, 10])
+    """
+    layers: list[tuple[str, nn.Module]] = [
+        ("conv1", nn.Conv2d(1, 6, kernel_size=5)),
+        ("relu1", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(6, 16, kernel_size=5)),
+        ("relu2", nn.ReLU()),
+        ("pool2", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(16 * 4 * 4, 120)),
+        ("relu3", nn.ReLU()),
+        ("fc2", nn.Linear(120, 84)),
+        ("relu4", nn.ReLU()),
+        ("fc3", nn.Linear(84, 10)),
+    ]
     return nn.Sequential(OrderedDict(layers))

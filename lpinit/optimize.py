@@ -5,35 +5,48 @@
 
 Prints the per-layer report and the ReLU-zero fractions on the held-out test
 images before and after, and saves the initialized ``state_dict`` (model.pt)
-and the report (report.json) into ``--out``. Exit status: 0 on success, 1 if
-the solver failed on some unit, 2 for a bad flag or value.
+and the report (report.json) into ``--out``, both new or both as they were.
+Exit status: 0 on success, 1 if the solver failed on some unit, 2 for bad
+input (a flag, the model, the output folder, a missing or damaged data file),
+130 if interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import inspect
 import json
-import os
+import re
 import sys
 import tempfile
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
-import torch
-from torch import nn
-
-from lpinit.counting import count_relu_zeros
-from lpinit.data import load_mnist
-from lpinit.initialize import lp_initialize
-from lpinit.lp import SOLVERS, start_helpers
-from lpinit.models import mlp, seed_mlp
-from lpinit.validation import LPInitError
+if TYPE_CHECKING:  # torch and the library are imported in main, so that a
+    from torch import nn  # Ctrl-C during their slow import is handled there too
 
 PROG = "python -m lpinit.optimize"
 
+FLAGS = {
+    "radius": "--radius",
+    "margin": "--margin",
+    "rescale": "--rescale",
+    "anchor": "--anchor",
+    "l1": "--l1",
+    "target_active": "--target-active",
+    "solver": "--solver",
+    "n_jobs": "--jobs",
+    "time_limit_s": "--time-limit",
+    "exact": "--exact",
+}
+"""lp_initialize's arguments -> this CLI's flags, for the library's messages."""
+
 
 class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # argparse prints usage too; one line is enough
+    def error(self, message: str) -> NoReturn:  # argparse prints usage too; one line is enough
         self.exit(2, f"{PROG}: error: {message} (see --help)\n")
 
 
@@ -44,6 +57,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _open_unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not 0 <= value < float("inf"):
@@ -51,11 +71,22 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _folder_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder name, got {text!r}")
+    return text
+
+
 def build_model(spec: str) -> nn.Module:
-    """``seed-mlp``, ``mlp:784,750,10`` (ReLU-fed hidden layers), or
-    ``package.module:factory`` (a no-argument callable returning an nn.Module)."""
+    """``seed-mlp``, ``cnn`` (``lpinit.cnn``), ``mlp:784,750,10`` (ReLU-fed hidden
+    layers), or ``package.module:factory`` (a no-argument callable returning an nn.Module).
+    Raises ValueError, with a one-line message, for anything else."""
+    from lpinit.models import cnn, mlp, seed_mlp
+
     if spec == "seed-mlp":
         return seed_mlp()
+    if spec == "cnn":
+        return cnn()
     if spec.startswith("mlp:"):
         try:
             widths = [int(w) for w in spec[4:].split(",")]
@@ -66,21 +97,62 @@ def build_model(spec: str) -> nn.Module:
         return mlp(widths)
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"unknown --model {spec!r}; expected seed-mlp, mlp:784,...,10 or package.module:factory")
+        raise ValueError(f"unknown --model {spec!r}; expected seed-mlp, cnn, mlp:784,...,10 or package.module:factory")
+    return _call_factory(spec, _load_factory(spec, module_name, attr))
+
+
+def _load_factory(spec: str, module_name: str, attr: str):
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
+        module = importlib.import_module(module_name)
+    except SyntaxError as err:
+        raise ValueError(
+            f"cannot load --model {spec!r}: {err.msg} in {err.filename}, line {err.lineno}; fix the module"
+        ) from None
+    except ImportError as err:
         raise ValueError(f"cannot load --model {spec!r}: {err}") from None
-    model = factory()
+    except Exception as err:  # the user's module ran and raised: say so, in one line
+        raise ValueError(
+            f"cannot load --model {spec!r}: importing {module_name} raised {type(err).__name__}: {err}"
+        ) from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"cannot load --model {spec!r}: module {module_name} has no attribute {attr!r}") from None
+
+
+def _call_factory(spec: str, factory) -> nn.Module:
+    from torch import nn
+
+    expected = "expected a function or class that takes no arguments and returns an nn.Module"
+    if isinstance(factory, nn.Module) or not callable(factory):
+        raise ValueError(f"--model {spec!r} is a {type(factory).__name__}, {expected}")
+    try:
+        inspect.signature(factory).bind()
+    except TypeError as err:
+        raise ValueError(f"--model {spec!r} cannot be called without arguments ({err}); {expected}") from None
+    except ValueError:
+        pass  # no signature to inspect (a builtin): calling it will tell
+    try:
+        model = factory()
+    except Exception as err:  # the user's factory raised: say so, in one line
+        raise ValueError(f"--model {spec!r} raised {type(err).__name__}: {err}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"--model {spec!r} returned {type(model).__name__}, expected an nn.Module")
     return model
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = _OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    from lpinit.initialize import ANCHORS
+    from lpinit.layerwise import RESCALE_MODES
+    from lpinit.lp import SOLVERS
+
+    parser = _OneLineParser(prog=PROG, description=(__doc__ or "").split("\n\n")[0])
     add = parser.add_argument
-    add("--model", default="seed-mlp", help="seed-mlp (default), mlp:784,W1,...,10, or package.module:factory")
+    add(
+        "--model",
+        default="seed-mlp",
+        help="seed-mlp (default), cnn (a LeNet-5-style CNN), mlp:784,W1,...,10, or package.module:factory",
+    )
     add("--batch-size", type=_positive_int, default=256, help="MNIST training images in the LP batch (default 256)")
     add(
         "--radius",
@@ -95,79 +167,185 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0.1,
         help="target pre-activation relative to its spread (default 0.1)",
     )
+    add(
+        "--rescale",
+        choices=RESCALE_MODES,
+        default=None,
+        help="after each layer's LP, scale each unit (or the layer) so that the pre-activations keep their "
+        "RMS on the batch (default: no rescaling)",
+    )
+    add("--anchor", choices=ANCHORS, default=None, help="mean: each unit's batch-mean pre-activation may not move")
+    add(
+        "--l1",
+        type=_non_negative_float,
+        default=0.0,
+        help="weight of the change (in box units) in the LP's objective, relative to the pre-activation "
+        "spread; among equally good changes the smallest wins (default 0)",
+    )
+    add(
+        "--target-active",
+        type=_open_unit_interval,
+        default=None,
+        help="q in (0, 1): make each unit active on its ceil(q n) samples of largest pre-activation and "
+        "inactive on the others, with the smallest change (default: no activity target)",
+    )
     add("--solver", choices=SOLVERS, default="highs", help="highs (fast, default) or cvxpy (reference)")
     add(
         "--jobs",
         type=_positive_int,
         default=None,
-        help="processes for the highs solver: this one and jobs-1 helpers, started while the data "
-        "loads (default: one per core)",
+        help="processes for the highs solver: this one and jobs-1 workers, started while the data "
+        "loads if the model's layers are wide enough to use them (default and most: one per core)",
     )
     add("--time-limit", type=_non_negative_float, default=None, help="per-unit time limit in seconds")
     add("--seed", type=int, default=0, help="seeds the model's init and the batch choice (default 0)")
     add("--exact", action="store_true", help="solve the mixed-integer version (small layers only)")
-    add("--out", default="lpinit-out", help="output folder for model.pt and report.json")
+    add("--out", type=_folder_name, default="lpinit-out", help="output folder for model.pt and report.json")
     add("--quiet", action="store_true", help="no progress bars and no table")
     add("--json", action="store_true", help="print the report as JSON on stdout")
-    return parser.parse_args(argv)
+    return parser
 
 
-def _write_atomic(path: Path, write) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as tmp:
-        write(tmp)
-    os.replace(tmp.name, path)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, with the LP's options also checked against each other, so that
+    a bad combination exits 2 before any data is loaded."""
+    from lpinit.validation import check_lp_options
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_lp_options(args.margin, args.l1, args.anchor is not None, args.target_active)
+    except ValueError as err:
+        parser.error(cli_message(str(err)))
+    if args.exact and (args.l1 or args.anchor or args.target_active is not None):
+        parser.error("--exact solves the plain LP's mixed-integer form only; drop --l1, --anchor and --target-active")
+    return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def cli_message(message: str) -> str:
+    """A library message with its Python arguments written as this CLI's flags:
+    ``Pass e.g. radius=0.1.`` -> ``Pass e.g. --radius 0.1.``"""
+    names = "|".join(FLAGS)
+    message = re.sub(r"`?\bexact=True`?", FLAGS["exact"], message)
+    message = re.sub(
+        rf"`?\b({names})=([^\s`,;)\]]*[^\s`,;)\].])?`?",
+        lambda m: f"{FLAGS[m[1]]} {m[2]}" if m[2] else FLAGS[m[1]],
+        message,
+    )
+    message = re.sub(rf"\b([Ee]xpected) ({names})\b", lambda m: f"{m[1]} {FLAGS[m[2]]}", message)
+    return re.sub(r"\b(n_jobs|time_limit_s|target_active)\b", lambda m: FLAGS[m[1]], message)
+
+
+def _say(line: str) -> None:
+    print(f"{PROG}: {line}", file=sys.stderr)
+
+
+def _warn_in_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    _say(f"warning: {message}")
+
+
+def _prepare_out(out: Path) -> list[Path]:
+    """Create ``out`` if needed and check that a file can be written in it,
+    before any work is done. Returns the folders it created, deepest first."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; expected a folder (new or existing)")
+    created = [folder for folder in (out, *out.parents) if not folder.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        _remove_empty(created)
+        where = f" ({err.filename})" if err.filename and str(err.filename) != str(out) else ""
+        raise ValueError(
+            f"cannot write to --out {str(out)!r}: {err.strerror or err}{where}; pass a folder you can write to"
+        ) from None
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty, or gone: leave it
+            folder.rmdir()
+
+
+def _units(layer: nn.Module) -> int:
+    """The LP's units of a layer: a Linear's outputs, a Conv2d's output channels."""
+    from torch import nn
+
+    return int(layer.out_features if isinstance(layer, nn.Linear) else getattr(layer, "out_channels", 0))
+
+
+def lp_processes(model: nn.Module, jobs: int, solver: str) -> int:
+    """How many processes the LP will use for ``model`` with ``n_jobs=jobs``:
+    the highs path gives each process at least ``MIN_UNITS_PER_PROCESS`` units
+    of a layer, so a narrow model uses this one only."""
+    if solver != "highs" or jobs <= 1:
+        return 1
+    import torch
+
+    from lpinit.lp.highs import MIN_UNITS_PER_PROCESS
+    from lpinit.tracing import relu_fed_layers
+
+    reference = next(model.parameters(), None)
+    example = torch.zeros(2, 1, 28, 28)
+    if reference is not None:
+        example = example.to(device=reference.device, dtype=reference.dtype)
+    try:
+        layers = relu_fed_layers(model, example)
+    except Exception:  # the model does not run on MNIST: lp_initialize reports why, clearly
+        return 1
+    units = [_units(layer) for _, layer in layers]
+    widest = max(units, default=0)
+    return max(1, min(jobs, widest // MIN_UNITS_PER_PROCESS))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warn_in_one_line
+            return _run(args)
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+    from joblib import cpu_count
+
+    from lpinit.files import write_atomic_group
+
     torch.manual_seed(args.seed)
     try:
         model = build_model(args.model)
+        out = Path(args.out)
+        created = _prepare_out(out)
     except ValueError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        _say(f"error: {err}")
         return 2
-    if args.solver == "highs" and args.jobs != 1:
-        # start the LP's helper processes now: they take ~0.5 s, which the
-        # data loading below hides, and the LP then uses them from its start
-        start_helpers(args.jobs)
-    train_images, _ = load_mnist(train=True)
-    test_images, _ = load_mnist(train=False)
-    generator = torch.Generator().manual_seed(args.seed)
-    batch = train_images[torch.randperm(train_images.shape[0], generator=generator)[: args.batch_size]]
-
     try:
-        before = count_relu_zeros(model, test_images, patterns=False)
-        report = lp_initialize(
-            model,
-            batch,
-            radius=args.radius,
-            margin=args.margin,
-            solver=args.solver,
-            n_jobs=args.jobs,
-            time_limit_s=args.time_limit,
-            exact=args.exact,
-            progress=not args.quiet,
-        )
-    except (ValueError, TypeError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except LPInitError as err:
-        print(f"{PROG}: solver failure: {err}", file=sys.stderr)
-        return 1
-    after = count_relu_zeros(model, test_images, patterns=False)
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {
-        "settings": vars(args),
-        "report": report.to_dict(),
-        "test_zero_fraction_before": before.zero_fraction,
-        "test_zero_fraction_after": after.zero_fraction,
-        "test_sites_before": {s.name: s.zero_fraction for s in before.sites},
-        "test_sites_after": {s.name: s.zero_fraction for s in after.sites},
-    }
-    _write_atomic(out / "model.pt", lambda f: torch.save(model.state_dict(), f))
-    _write_atomic(out / "report.json", lambda f: f.write(json.dumps(result, indent=2).encode()))
+        cores = cpu_count()
+        if args.jobs is not None and args.jobs > cores:
+            _say(f"note: --jobs {args.jobs} is more than the {cores} cores here; using {cores}")
+            args.jobs = cores
+        outcome = _initialize(args, model, lp_processes(model, args.jobs or cores, args.solver))
+        if isinstance(outcome, int):
+            return outcome
+        result, report, before, after = outcome
+        try:
+            write_atomic_group(
+                {
+                    out / "model.pt": lambda f: torch.save(model.state_dict(), f),
+                    out / "report.json": lambda f: f.write(json.dumps(result, indent=2).encode()),
+                }
+            )
+        except OSError as err:
+            _say(f"error: cannot write model.pt and report.json to --out {str(out)!r}: {err}; both are as they were")
+            return 2
+    finally:
+        _remove_empty(created)  # only if nothing was written there
 
     if args.json:
         print(json.dumps(result, indent=2))
@@ -179,11 +357,74 @@ def main(argv=None) -> int:
             print(f"  {b.name:<8}{b.zero_fraction:>9.4f}{a.zero_fraction:>9.4f}")
         print(f"  {'total':<8}{before.zero_fraction:>9.4f}{after.zero_fraction:>9.4f}")
         print(f"\nSaved {out / 'model.pt'} and {out / 'report.json'}")
-    failed = report.status_counts().get("failed", 0)
+    failed = result["report"]["status_counts"].get("failed", 0)
     if failed:
-        print(f"{PROG}: solver failure: {failed} unit(s) failed and kept their weights", file=sys.stderr)
+        _say(f"solver failure: {failed} unit(s) failed and kept their weights")
         return 1
     return 0
+
+
+def _initialize(args: argparse.Namespace, model: nn.Module, processes: int):
+    """Load MNIST and LP-initialize ``model`` on a batch of it. Returns
+    ``(result to save, report, zeros before, zeros after)`` on the test images,
+    or the exit status after an error."""
+    import torch
+
+    from lpinit.counting import count_relu_zeros
+    from lpinit.data import load_mnist
+    from lpinit.initialize import lp_initialize
+    from lpinit.lp import start_workers
+    from lpinit.validation import DataIntegrityError, LPInitError
+
+    if processes > 1:
+        # start the LP's worker processes now: they take ~0.5 s, which the
+        # data loading below hides, and the LP then uses them from its start
+        start_workers(processes)
+    try:
+        train_images, _ = load_mnist(train=True)
+        test_images, _ = load_mnist(train=False)
+    except (DataIntegrityError, OSError) as err:
+        _say(f"error: {err}")
+        return 2
+    if args.batch_size > train_images.shape[0]:
+        _say(f"error: --batch-size {args.batch_size} is more than the {train_images.shape[0]:,} MNIST training images")
+        return 2
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = train_images[torch.randperm(train_images.shape[0], generator=generator)[: args.batch_size]]
+
+    try:
+        before = count_relu_zeros(model, test_images, patterns=False)
+        report = lp_initialize(
+            model,
+            batch,
+            radius=args.radius,
+            margin=args.margin,
+            rescale=args.rescale,
+            anchor=args.anchor,
+            l1=args.l1,
+            target_active=args.target_active,
+            solver=args.solver,
+            n_jobs=args.jobs,
+            time_limit_s=args.time_limit,
+            exact=args.exact,
+            progress=not args.quiet,
+        )
+    except (ValueError, TypeError) as err:
+        _say(f"error: {cli_message(str(err))}")
+        return 2
+    except LPInitError as err:
+        _say(f"solver failure: {cli_message(str(err))}")
+        return 1
+    after = count_relu_zeros(model, test_images, patterns=False)
+    result = {
+        "settings": vars(args),
+        "report": report.to_dict(),
+        "test_zero_fraction_before": before.zero_fraction,
+        "test_zero_fraction_after": after.zero_fraction,
+        "test_sites_before": {s.name: s.zero_fraction for s in before.sites},
+        "test_sites_after": {s.name: s.zero_fraction for s in after.sites},
+    }
+    return result, report, before, after
 
 
 if __name__ == "__main__":

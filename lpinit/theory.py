@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,6 +54,9 @@ from lpinit.validation import check_data_tensor, check_model
 
 # Leaf modules that run in a forward pass without changing values (in eval mode).
 _PASS_THROUGH = (nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout)
+
+ParamPert = Mapping[str, torch.Tensor]
+"""A perturbation of the parameters: name (as in ``model.named_parameters()``) -> P'."""
 
 
 @dataclass
@@ -178,7 +182,7 @@ def _trace(
     nothing else changed the values (keeps a copy of every activation)."""
     n = x.shape[0]
     steps: list = []
-    state = {"current": x.reshape(n, -1), "last": "the input"}
+    state: dict[str, Any] = {"current": x.reshape(n, -1), "last": "the input"}
 
     def fail(what: str) -> None:
         raise ValueError(
@@ -283,7 +287,7 @@ def _linear_part_times(chain: _Chain, v: torch.Tensor) -> torch.Tensor:
     return v
 
 
-def activation_pattern(model: nn.Module, x: torch.Tensor, param_pert=None) -> torch.Tensor:
+def activation_pattern(model: nn.Module, x: torch.Tensor, param_pert: ParamPert | None = None) -> torch.Tensor:
     """Which ReLU units are positive at each sample: bool (n, total_units).
 
     Units are listed per ReLU application in forward order (a reused ReLU
@@ -301,7 +305,9 @@ def activation_pattern(model: nn.Module, x: torch.Tensor, param_pert=None) -> to
     return _trace(model, x, params).pattern()
 
 
-def local_affine_map(model: nn.Module, x: torch.Tensor, param_pert=None) -> tuple[torch.Tensor, torch.Tensor]:
+def local_affine_map(
+    model: nn.Module, x: torch.Tensor, param_pert: ParamPert | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact affine map the network applies around each sample.
 
     .. math::
@@ -336,7 +342,7 @@ def local_affine_map(model: nn.Module, x: torch.Tensor, param_pert=None) -> tupl
     return _affine(_trace(model, x, params))
 
 
-def linear_map_change(model: nn.Module, x: torch.Tensor, param_pert) -> torch.Tensor:
+def linear_map_change(model: nn.Module, x: torch.Tensor, param_pert: ParamPert) -> torch.Tensor:
     """A' = A(x; P + P') - A(x; P): how the local linear map at x changes,
     each side with its own activation pattern. Float64, (n, out, in)."""
     A, _ = local_affine_map(model, x)
@@ -359,7 +365,9 @@ def _pattern_change(base: _Chain, x_only: _Chain, p_only: _Chain, both: _Chain) 
     )
 
 
-def evaluate_perturbation(model: nn.Module, x: torch.Tensor, x_pert=None, param_pert=None) -> PerturbationEffect:
+def evaluate_perturbation(
+    model: nn.Module, x: torch.Tensor, x_pert: torch.Tensor | None = None, param_pert: ParamPert | None = None
+) -> PerturbationEffect:
     """f(x, P), L_gen, A'x' and the pattern change, from four traced forward passes.
 
     With ``x_pert`` None the input is not perturbed (x* = x), with
@@ -390,7 +398,7 @@ def evaluate_perturbation(model: nn.Module, x: torch.Tensor, x_pert=None, param_
     return PerturbationEffect(base.output, both.output, l_gen_value, predicted, change)
 
 
-def l_gen(model: nn.Module, x: torch.Tensor, x_pert: torch.Tensor, param_pert) -> torch.Tensor:
+def l_gen(model: nn.Module, x: torch.Tensor, x_pert: torch.Tensor, param_pert: ParamPert) -> torch.Tensor:
     """The notebook's generalization loss, per sample: (n, out), model dtype.
 
     .. math::
@@ -405,14 +413,16 @@ def l_gen(model: nn.Module, x: torch.Tensor, x_pert: torch.Tensor, param_pert) -
     return evaluate_perturbation(model, x, x_pert, param_pert).l_gen
 
 
-def predicted_l_gen(model: nn.Module, x: torch.Tensor, x_pert: torch.Tensor, param_pert) -> torch.Tensor:
+def predicted_l_gen(model: nn.Module, x: torch.Tensor, x_pert: torch.Tensor, param_pert: ParamPert) -> torch.Tensor:
     """The notebook's prediction A' x' = A(x; P*) x' - A(x; P) x', float64 (n, out),
     computed through the masked layers without forming A'. Equals :func:`l_gen`
     wherever ``pattern_change(...).identity_exact`` holds."""
     return evaluate_perturbation(model, x, x_pert, param_pert).predicted
 
 
-def pattern_change(model: nn.Module, x: torch.Tensor, x_pert=None, param_pert=None) -> PatternChange:
+def pattern_change(
+    model: nn.Module, x: torch.Tensor, x_pert: torch.Tensor | None = None, param_pert: ParamPert | None = None
+) -> PatternChange:
     """Whether x' and/or P' change the activation pattern at each sample.
 
     Compares the patterns of f(x*, P), f(x, P*) and f(x*, P*) with that of

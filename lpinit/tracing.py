@@ -173,5 +173,27 @@ def relu_fed_linears(model: nn.Module, example: torch.Tensor) -> list[tuple[str,
     found: dict[int, tuple[str, nn.Linear]] = {}
     for call in calls:
         if isinstance(call.feeder, nn.Linear):
-            found.setdefault(id(call.feeder), (call.feeder_name, call.feeder))
+            found.setdefault(id(call.feeder), (call.feeder_name or "", call.feeder))
+    return list(found.values())
+
+
+def relu_fed_layers(
+    model: nn.Module, example: torch.Tensor, kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+) -> list[tuple[str, nn.Module]]:
+    """The layers of the given ``kinds`` (by default ``nn.Linear`` and
+    ``nn.Conv2d``) whose output goes straight into a ReLU, in forward order,
+    found by one forward pass on ``example`` (under no_grad).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3), nn.ReLU())
+        >>> [name for name, _ in relu_fed_layers(net, torch.zeros(1, 1, 4, 4))]
+        ['0', '3']
+    """
+    calls: list[ReluCall] = []
+    with eval_mode(model), torch.no_grad(), watch_relus(model, calls.append):
+        model(example)
+    found: dict[int, tuple[str, nn.Module]] = {}
+    for call in calls:
+        if isinstance(call.feeder, kinds):
+            found.setdefault(id(call.feeder), (call.feeder_name or "", call.feeder))
     return list(found.values())

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lpinit import ReluCount, count_relu_zeros, mlp, seed_mlp
+from lpinit.counting import _add_column_counts
 
 
 def literal_zeros(tensor: torch.Tensor) -> int:
@@ -145,6 +146,98 @@ def test_distinct_patterns_match_a_set_of_tuples(generator):
     assert count_relu_zeros(model, data, patterns=False).distinct_patterns is None
 
 
+def test_distinct_patterns_of_functional_relus_match_a_set_of_tuples(small_data):
+    torch.manual_seed(3)
+    model = Functional()
+    with torch.no_grad():
+        stages = model.stages(small_data)
+    expected = len({tuple(bool(v > 0) for h in stages for v in h[i]) for i in range(small_data.shape[0])})
+    for batch_size in (1, 10, 97):
+        assert count_relu_zeros(model, small_data, batch_size=batch_size).distinct_patterns == expected
+
+
+@pytest.mark.parametrize("rows", [0, 1, 254, 255, 256, 510, 511, 1000])
+def test_column_counts_in_byte_blocks_match_a_literal_sum(rows, generator):
+    mask = (torch.rand(rows, 13, generator=generator) < 0.9).numpy()
+    totals = np.full(13, 7, dtype=np.int64)
+    _add_column_counts(mask, totals)
+    expected = [7 + sum(1 for r in range(rows) if mask[r, c]) for c in range(13)]
+    assert totals.tolist() == expected
+
+
+def test_batches_longer_than_a_byte_block_match_literal_counts(generator):
+    torch.manual_seed(4)
+    model = mlp([5, 9, 3], final_relu=True)
+    data = torch.randn(700, 5, generator=generator)
+    with torch.no_grad():
+        h1 = torch.relu(model.fc1(data))
+        h2 = torch.relu(model.fc2(h1))
+    result = count_relu_zeros(model, data, batch_size=600)  # one batch of 600, one of 100
+    for site, h in zip(result.sites, (h1, h2), strict=True):
+        literal = [sum(1 for i in range(700) if h[i, u].item() == 0) for u in range(h.shape[1])]
+        assert site.zeros_per_unit.tolist() == literal
+    assert result.site("fc1").dead_units.tolist() == [u for u in range(9) if (h1[:, u] == 0).all()]
+    assert result.site("fc1").shape == (9,)
+    assert result.site("fc1").zeros_per_channel().tolist() == result.site("fc1").zeros_per_unit.tolist()
+
+
+class OverwritesItsActivations(nn.Module):
+    """Changes a ReLU's output in place after the ReLU ran, as residual code may."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x):
+        h = torch.relu(self.fc(x))
+        out = h.sum(1, keepdim=True)
+        h.mul_(0)
+        return out
+
+
+def test_relu_outputs_are_counted_before_later_inplace_ops(generator):
+    torch.manual_seed(5)
+    model = OverwritesItsActivations()
+    data = torch.randn(40, 4, generator=generator)
+    with torch.no_grad():
+        h = torch.relu(model.fc(data))
+    result = count_relu_zeros(model, data, batch_size=16)
+    assert result.total_zeros == literal_zeros(h) < h.numel()
+
+
+class SmallConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).flatten(1))
+
+
+def test_conv_site_counts_channel_and_position_elements(generator):
+    torch.manual_seed(6)
+    model = SmallConvNet()
+    data = torch.randn(25, 1, 6, 6, generator=generator)
+    with torch.no_grad():
+        h = F.relu(model.conv(data))  # (25, 2, 4, 4)
+    result = count_relu_zeros(model, data, batch_size=8)
+    site = result.site("conv")
+    assert site.shape == (2, 4, 4)
+    assert site.units == 32
+    assert site.elements == 25 * 32
+    for c in range(2):
+        for i in range(4):
+            for j in range(4):
+                literal = sum(1 for n in range(25) if h[n, c, i, j].item() == 0)
+                assert site.zeros_per_unit[c * 16 + i * 4 + j] == literal
+    per_channel = [
+        sum(1 for n in range(25) for i in range(4) for j in range(4) if h[n, c, i, j].item() == 0) for c in range(2)
+    ]
+    assert site.zeros_per_channel().tolist() == per_channel
+    assert site.zeros == sum(per_channel) == literal_zeros(h)
+
+
 def test_model_is_left_as_it_was(mnist_test):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 20), nn.Dropout(0.5), nn.ReLU(), nn.Linear(20, 10))
@@ -172,6 +265,52 @@ def test_accepts_pairs_and_dataloaders(mnist_test):
     assert from_loader.total_zeros == reference.total_zeros
     assert from_loader.distinct_patterns == reference.distinct_patterns
     assert from_loader.samples == 120
+
+
+def test_train_eval_flags_are_restored_per_module(generator):
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Dropout(0.3), nn.Linear(5, 2))
+    model.train()
+    model[1].eval()  # a frozen BatchNorm inside a training model
+    flags = [m.training for m in model.modules()]
+    count_relu_zeros(model, torch.randn(10, 4, generator=generator))
+    assert [m.training for m in model.modules()] == flags
+    with pytest.raises(ValueError, match="could not run on a batch"):
+        count_relu_zeros(model, torch.randn(10, 7, generator=generator))
+    assert [m.training for m in model.modules()] == flags
+
+
+class BatchDependent(nn.Module):
+    """Applies a second ReLU, or a wider one, only to some batches."""
+
+    def __init__(self, change: str):
+        super().__init__()
+        self.change = change
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        z = self.fc(x)
+        h = torch.relu(torch.cat([z, z], 1) if x.shape[0] < 5 and self.change == "wider" else z)
+        if x.shape[0] < 5 and self.change == "more":
+            h = torch.relu(h - 1)
+        if x.shape[0] >= 5 and self.change == "fewer":
+            h = torch.relu(h - 1)
+        return h
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("more", "applied more than the 1 of the first"),
+        ("wider", "output 8 values per sample, and 4"),
+        ("fewer", "applied 1 and the first 2"),
+    ],
+)
+def test_relus_that_change_between_batches_are_rejected(change, message, generator):
+    model = BatchDependent(change)
+    model.train()
+    with pytest.raises(ValueError, match=message):
+        count_relu_zeros(model, torch.randn(7, 3, generator=generator), batch_size=5)
+    assert model.training
 
 
 @pytest.mark.parametrize(
@@ -212,3 +351,18 @@ def test_result_serializes_and_prints(mnist_test):
     assert "distinct activation patterns" in str(result)
     with pytest.raises(KeyError, match="Sites: fc1, fc2, fc3, fc4"):
         result.site("fc9")
+
+
+class ReluOnAParameter(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+        self.gate = nn.Parameter(torch.ones(5))
+
+    def forward(self, x):
+        return self.fc(x) * torch.relu(self.gate).sum()
+
+
+def test_relu_outputs_that_are_not_batch_first_are_rejected():
+    with pytest.raises(ValueError, match=r"ReLU #1 returned shape \(5,\) for a batch of 4.*batch-first"):
+        count_relu_zeros(ReluOnAParameter(), torch.zeros(4, 3))

@@ -14,7 +14,9 @@ import scipy.sparse as sp
 from scipy.optimize import linprog
 
 from lpinit import lp
-from lpinit.lp import SOLVERS, Layer, solve_layer, split_constant
+from lpinit.lp import SOLVERS, highs, problem, reference, solve_layer
+from lpinit.lp.highs import LayerLPs
+from lpinit.lp.problem import ReducedLP, split_constant
 
 
 @dataclass
@@ -159,13 +161,15 @@ def test_units_already_above_the_margin_need_no_solver():
 
 def test_duality_bound_is_a_lower_bound_and_tight_at_the_optimum():
     H, W, b = random_layer(3, k=1)
-    layer = Layer.from_input(H, 0.2, 0.1)
+    layer = ReducedLP.from_input(H, 0.2, 0.1)
     r = 0.5 - (H @ W[0] + b[0])
     optimum = linprog_objectives(H, W, b, 0.2, 0.1, 0.5)[0]
     rng = np.random.default_rng(0)
     for y in rng.random((20, len(r))):
         assert layer.dual_bound(r, y) <= optimum + 1e-9
-    solution = lp._solve_lp_chunk((layer, r[:, None]), [0], threads=0, warm_start=False, time_limit_s=None)
+    solution = highs._solve_lp_chunk(
+        LayerLPs(layer, r[:, None]), np.array([0]), threads=0, warm_start=False, time_limit_s=None
+    )
     assert solution.status[0] == "optimal"
     np.testing.assert_allclose(solution.objective[0], optimum, rtol=1e-7)
 
@@ -175,7 +179,7 @@ def test_duality_bound_is_a_lower_bound_and_tight_at_the_optimum():
 
 def test_dual_fixing_fixes_sign_constant_columns_and_the_bias():
     H = np.array([[1.0, -1.0, 0.0, 2.0], [0.0, -3.0, 0.0, -1.0], [2.0, 0.0, 0.0, 0.5]])
-    layer = Layer.from_input(H, 0.1, 0.2)
+    layer = ReducedLP.from_input(H, 0.1, 0.2)
     np.testing.assert_array_equal(layer.free, [False, False, False, True])
     np.testing.assert_allclose(layer.fixed_delta, [0.1, -0.1, 0.0, 0.0])
     assert layer.bias_delta == 0.2
@@ -215,10 +219,10 @@ def test_split_constant_leaves_relu_outputs_alone():
 def test_shifted_formulation_has_the_dense_optimum(monkeypatch):
     H, W, b = background_layer(6)
     bounds = dict(weight_bound=0.2, bias_bound=0.1, margin=0.5, n_jobs=1)
-    assert Layer.from_input(H, 0.2, 0.1).shifted
+    assert ReducedLP.from_input(H, 0.2, 0.1).shifted
     shifted = solve_layer(H, W, b, **bounds)
-    monkeypatch.setattr(lp, "split_constant", lambda H: (sp.csr_matrix(H), np.zeros(H.shape[1])))
-    assert not Layer.from_input(H, 0.2, 0.1).shifted
+    monkeypatch.setattr(problem, "split_constant", lambda H: (sp.csr_matrix(H), np.zeros(H.shape[1])))
+    assert not ReducedLP.from_input(H, 0.2, 0.1).shifted
     dense = solve_layer(H, W, b, **bounds)
     assert shifted.status_counts() == dense.status_counts() == {"optimal": len(W)}
     np.testing.assert_allclose(shifted.objective, dense.objective, rtol=1e-6, atol=1e-9)
@@ -227,7 +231,7 @@ def test_shifted_formulation_has_the_dense_optimum(monkeypatch):
 def test_shift_is_used_on_a_real_mnist_batch(mnist_test):
     images, _ = mnist_test
     H = images[:64].reshape(64, -1).double().numpy()
-    assert Layer.from_input(H, 0.01, 0.01).shifted
+    assert ReducedLP.from_input(H, 0.01, 0.01).shifted
     rng = np.random.default_rng(0)
     W = rng.uniform(-1, 1, size=(8, 784)) / 28
     b = rng.uniform(-1, 1, size=8) / 28
@@ -258,7 +262,7 @@ def test_a_wrong_optimum_from_highs_is_caught_and_solved_again(monkeypatch):
     H, W, b = random_layer(8, k=3)
     bounds = dict(weight_bound=0.2, bias_bound=0.1, margin=2.0, n_jobs=1)  # no unit meets it outright
     expected = linprog_objectives(H, W, b, 0.2, 0.1, 2.0)
-    real_answer = lp._answer
+    real_answer = highs._answer
     calls = []
 
     def first_answer_wrong(highs, with_dual=True):
@@ -268,7 +272,7 @@ def test_a_wrong_optimum_from_highs_is_caught_and_solved_again(monkeypatch):
             return [0.0] * len(x), [0.0] * len(y) if y else None
         return x, y
 
-    monkeypatch.setattr(lp, "_answer", first_answer_wrong)
+    monkeypatch.setattr(highs, "_answer", first_answer_wrong)
     solution = solve_layer(H, W, b, **bounds)
     assert solution.resolves == 1
     assert solution.status_counts() == {"optimal": 3}
@@ -277,35 +281,35 @@ def test_a_wrong_optimum_from_highs_is_caught_and_solved_again(monkeypatch):
 
 def test_an_answer_that_stays_wrong_is_failed_and_changes_nothing(monkeypatch):
     H, W, b = random_layer(9, k=2)
-    monkeypatch.setattr(lp, "_answer", lambda highs, with_dual=True: ([0.0] * 10_000, [0.0] * 10_000))
+    monkeypatch.setattr(highs, "_answer", lambda highs, with_dual=True: ([0.0] * 10_000, [0.0] * 10_000))
     solution = solve_layer(H, W, b, weight_bound=0.2, bias_bound=0.1, margin=2.0, n_jobs=1)
     assert solution.status_counts() == {"failed": 2}
     assert solution.resolves == 2
     assert not solution.delta_weight.any() and np.isnan(solution.objective).all()
 
 
-def test_by_default_a_small_layer_starts_no_helper(monkeypatch):
+def test_by_default_a_small_layer_starts_no_worker(monkeypatch):
     from lpinit import parallel
 
-    monkeypatch.setattr(parallel, "running_helpers", lambda: 0)  # none up
-    H, W, b = background_layer(10, k=2 * lp.MIN_UNITS_PER_WORKER)
+    monkeypatch.setattr(parallel, "running_workers", lambda: 0)  # none up
+    H, W, b = background_layer(10, k=2 * highs.MIN_UNITS_PER_PROCESS)
     solution = solve_layer(H, W, b, weight_bound=0.2, bias_bound=0.1, margin=2.0)  # a fraction of a second
-    assert solution.workers == 1
+    assert solution.processes == 1
     assert solution.status_counts() == {"optimal": len(W)}
 
 
 @pytest.mark.parametrize("n_jobs", [0, -1, 1.5, True])
-def test_start_helpers_rejects_a_bad_n_jobs(n_jobs):
+def test_start_workers_rejects_a_bad_n_jobs(n_jobs):
     with pytest.raises((ValueError, TypeError), match="n_jobs"):
-        lp.start_helpers(n_jobs)
+        lp.start_workers(n_jobs)
 
 
 def test_processes_give_the_serial_result():
-    H, W, b = background_layer(10, k=2 * lp.MIN_UNITS_PER_WORKER)
+    H, W, b = background_layer(10, k=2 * highs.MIN_UNITS_PER_PROCESS)
     bounds = dict(weight_bound=0.2, bias_bound=0.1, margin=2.0)  # every unit needs an LP
     serial = solve_layer(H, W, b, n_jobs=1, **bounds)
     parallel = solve_layer(H, W, b, n_jobs=2, **bounds)
-    assert parallel.workers == 2 and serial.workers == 1
+    assert parallel.processes == 2 and serial.processes == 1
     np.testing.assert_allclose(parallel.objective, serial.objective, rtol=1e-6, atol=1e-9)
     assert parallel.status_counts() == {"optimal": len(W)}
 
@@ -319,12 +323,12 @@ def test_processes_that_ran_highs_before_still_solve():
     count (as the harness's runs do) must still solve a parallel layer."""
     from joblib import Parallel, delayed
 
-    H, W, b = background_layer(12, k=2 * lp.MIN_UNITS_PER_WORKER)
+    H, W, b = background_layer(12, k=2 * highs.MIN_UNITS_PER_PROCESS)
     bounds = dict(weight_bound=0.2, bias_bound=0.1, margin=2.0)
     small = (H, W[:3], b[:3], bounds)
     assert Parallel(n_jobs=2)(delayed(_solve_in_process)(*small) for _ in range(4)) == [{"optimal": 3}] * 4
     parallel = solve_layer(H, W, b, n_jobs=2, **bounds)
-    assert parallel.workers == 2
+    assert parallel.processes == 2
     assert parallel.status_counts() == {"optimal": len(W)}
 
 
@@ -393,15 +397,16 @@ def test_exact_mode_beats_the_lp_on_a_hand_solved_case(solver):
 @pytest.mark.parametrize("solver", SOLVERS)
 @pytest.mark.parametrize("exact", [False, True])
 def test_time_limit_keeps_the_weights(solver, exact):
-    H, W, b = random_layer(12, k=3)
+    # margins that no start meets outright, whose crash basis is not already optimal (LP),
+    # yet that MIP presolve alone cannot settle
+    H, W, b = random_layer(12 if exact else 20, k=3)
     solution = solve_layer(
-        # margins no start meets outright, yet that MIP presolve alone cannot settle
         H,
         W,
         b,
         weight_bound=0.2,
         bias_bound=0.1,
-        margin=0.5 if exact else 2.0,
+        margin=0.5 if exact else 1.0,
         solver=solver,
         exact=exact,
         n_jobs=1,
@@ -414,14 +419,14 @@ def test_time_limit_keeps_the_weights(solver, exact):
 
 def test_status_groups():
     status = highspy.HighsModelStatus
-    assert lp.status_group(status.kOptimal, lp.HIGHS_STATUS_GROUPS) == "optimal"
-    assert lp.status_group(status.kTimeLimit, lp.HIGHS_STATUS_GROUPS) == "time_limit"
+    assert problem.status_group(status.kOptimal, highs.HIGHS_STATUS_GROUPS) == "optimal"
+    assert problem.status_group(status.kTimeLimit, highs.HIGHS_STATUS_GROUPS) == "time_limit"
     for failed in (status.kInfeasible, status.kUnbounded, status.kSolveError, status.kNotset):
-        assert lp.status_group(failed, lp.HIGHS_STATUS_GROUPS) == "failed"
-    assert lp.status_group("optimal", lp.CVXPY_STATUS_GROUPS) == "optimal"
-    assert lp.status_group("user_limit", lp.CVXPY_STATUS_GROUPS) == "time_limit"
-    assert lp.status_group("optimal_inaccurate", lp.CVXPY_STATUS_GROUPS) == "failed"
-    assert lp.status_group("solver_error", lp.CVXPY_STATUS_GROUPS) == "failed"
+        assert problem.status_group(failed, highs.HIGHS_STATUS_GROUPS) == "failed"
+    assert problem.status_group("optimal", reference.CVXPY_STATUS_GROUPS) == "optimal"
+    assert problem.status_group("user_limit", reference.CVXPY_STATUS_GROUPS) == "time_limit"
+    assert problem.status_group("optimal_inaccurate", reference.CVXPY_STATUS_GROUPS) == "failed"
+    assert problem.status_group("solver_error", reference.CVXPY_STATUS_GROUPS) == "failed"
 
 
 # ---------------------------------------------------------------- bad input
@@ -466,25 +471,16 @@ def test_bad_input_is_rejected(H, W, b, options, error, message):
 # ---------------------------------------------------------------- benchmark script
 
 
-def test_benchmark_script_runs_on_a_tiny_budget(monkeypatch, capsys, tmp_path):
+@pytest.mark.parametrize("variant", ["plain", "anchored", "target"])
+def test_benchmark_script_runs_on_a_tiny_budget(variant, monkeypatch, capsys, tmp_path):
     from experiments import bench_lp
 
     out = tmp_path / "bench.json"
-    argv = [
-        "bench_lp",
-        "--batch-size",
-        "32",
-        "--jobs",
-        "1",
-        "--repeats",
-        "1",
-        "--reference-units",
-        "1",
-        "--json",
-        str(out),
-    ]
-    monkeypatch.setattr("sys.argv", argv)
+    argv = ["bench_lp", "--batch-size", "32", "--jobs", "1", "--repeats", "1", "--reference-units", "1"]
+    monkeypatch.setattr("sys.argv", [*argv, "--variant", variant, "--json", str(out)])
     bench_lp.main()
     printed = capsys.readouterr().out
-    assert "goals: " in printed and "agree to" in printed
-    assert set(json.loads(out.read_text())) >= {"settings", "fast", "naive_cvxpy_s", "dpp_cvxpy_s"}
+    assert f"goals ({variant}): " in printed and "agree to" in printed
+    record = json.loads(out.read_text())
+    assert set(record) >= {"settings", "fast", "naive_cvxpy_s", "dpp_cvxpy_s"}
+    assert record["max_objective_difference"] < 1e-6  # (i), (ii) and (iii) reach the same optima

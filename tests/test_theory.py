@@ -112,11 +112,11 @@ def test_notebook_expansion_term_by_term():
     assert torch.equal(activation_pattern(model, x), activation_pattern(model, x + x_pert))
 
 
-def test_seed_mlp_on_mnist_images(mnist_test_images):
+def test_seed_mlp_on_mnist_images(mnist_test):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = seed_mlp().double()
-    x = mnist_test_images[:4].double()
+    x = mnist_test[0][:4].double()
     A, c = local_affine_map(model, x)
     assert A.shape == (4, 10, 784)
     torch.testing.assert_close(apply(A, x) + c, model(x).detach(), rtol=0, atol=1e-12)
@@ -292,7 +292,9 @@ def test_measure_stability_on_a_tiny_model():
 
 
 def test_stability_report_from_records(tmp_path):
-    from experiments.stability import measure_stability, plot_stability, stability_section
+    from experiments.plots import plot_stability
+    from experiments.report import stability_section
+    from experiments.stability import measure_stability
 
     records = []
     for init, shift in (("narrow", 0.0), ("wide", 1.0)):
@@ -326,17 +328,10 @@ def test_measure_stability_validates_its_inputs():
         measure_stability(model, torch.randn(4, 5), generator=0)
 
 
-@pytest.fixture(scope="module")
-def mnist_test_images():
-    from lpinit.data import load_mnist
-
-    images, _ = load_mnist(train=False)
-    return images[:8]
-
-
 def test_stability_section_with_one_seed_per_init():
     """One seed per init gives no spread to judge by; the verdict must say so, not crash."""
-    from experiments.stability import measure_stability, stability_section
+    from experiments.report import stability_section
+    from experiments.stability import measure_stability
 
     records = []
     for init, seed in (("a", 0), ("b", 1)):

@@ -1,0 +1,839 @@
+"""The fast path: the per-unit LPs (and MIPs) of ``lpinit.lp.problem``,
+solved with highspy on the reduced LP.
+
+On top of the reduction (dual fixing and the shift):
+
+1. *Built once.* The LP is built once per layer and process; per unit only
+   the row bounds change.
+2. *Crash start.* Dual simplex starts each unit from every weight at the
+   bound that raises the unit's short rows, with those rows' shortfalls
+   basic (``_CrashStart``); a unit whose start already meets every margin is
+   done without HiGHS.
+3. *Checks.* Every answer is checked against a duality bound and solved again
+   from scratch if it fails, since HiGHS has returned wrong optima from warm
+   starts (ERGO-Code/HiGHS#3194, #3294).
+4. *Worker processes.* Chunks of units are shared by this process and up to
+   ``n_jobs - 1`` worker processes (``lpinit.parallel``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+
+import highspy
+import numpy as np
+import scipy.sparse as sp
+from joblib import cpu_count
+
+from lpinit import parallel
+from lpinit.lp.problem import (
+    FAILED,
+    GAP_TOLERANCE,
+    OPTIMAL,
+    TIME_LIMIT,
+    Formulation,
+    LayerSolution,
+    ReducedLP,
+    count_short,
+    split_constant,
+    status_group,
+)
+from lpinit.validation import SolverError
+
+HIGHS_STATUS_GROUPS = {
+    highspy.HighsModelStatus.kOptimal: OPTIMAL,
+    highspy.HighsModelStatus.kTimeLimit: TIME_LIMIT,
+    highspy.HighsModelStatus.kIterationLimit: TIME_LIMIT,
+}
+"""HiGHS model status -> unit status; every status not listed is ``FAILED``."""
+
+MIN_UNITS_PER_PROCESS = 32
+"""Fewer units than this per process do not repay feeding it."""
+
+Tick = Callable[[int], object]
+
+
+@dataclass(frozen=True)
+class LayerLPs:
+    """The LPs of one layer's units, as a worker process receives them: the
+    reduced LP they share and each unit's right-hand side (one column per unit)."""
+
+    reduced: ReducedLP
+    rhs: np.ndarray  # (n, k): r = m - (H w_j + b_j)
+
+
+def solve_highs(
+    lps: LayerLPs,
+    *,
+    n_jobs: int | None,
+    exact: bool,
+    warm_start: bool,
+    time_limit_s: float | None,
+    tick: Tick,
+) -> LayerSolution:
+    """Solve all units with highspy, in chunks shared by this process and
+    ``n_jobs - 1`` worker processes (``n_jobs=None``: as many as there are
+    cores, if starting them pays; see ``lpinit.parallel``)."""
+    reduced, R = lps.reduced, lps.rhs
+    units = R.shape[1]
+    if not reduced.free.any():  # dual fixing fixed everything: nothing left to solve
+        tick(units)
+        return reduced.closed_form(R, exact)
+    order = _similarity_order(R) if warm_start else np.arange(units)  # warm starts: neighbours together
+    solve_chunk: parallel.SolveChunk
+    if exact:
+        solve_chunk = partial(_solve_mip_chunk, time_limit_s=time_limit_s)
+    else:
+        solve_chunk = partial(_solve_lp_chunk, warm_start=warm_start, time_limit_s=time_limit_s)
+    solution = LayerSolution.empty(units, len(reduced.free))
+    most = min(cpu_count() if n_jobs is None else n_jobs, units // MIN_UNITS_PER_PROCESS)
+    parts, workers = parallel.map_chunks(
+        solve_chunk,
+        lps,
+        order,
+        max(0, most - 1),
+        start="auto" if n_jobs is None else "always",
+        tick=tick,
+        worker_setup=_one_highs_thread,
+    )
+    for chunk, part in parts:
+        solution.put(chunk, part)
+    solution.processes = 1 + workers
+    return solution
+
+
+def _one_highs_thread() -> None:
+    """Run HiGHS on one thread in a worker process.
+
+    HiGHS refuses a thread count other than the one its process-wide scheduler
+    was first started with, and a reused worker may have run HiGHS with the
+    default count before (an in-process solve, the cvxpy path). A worker runs
+    one chunk at a time on its main thread, so it can restart the scheduler.
+    """
+    highspy.Highs.resetGlobalScheduler(True)
+
+
+def _solve_lp_chunk(
+    lps: LayerLPs,
+    chunk: np.ndarray,
+    *,
+    threads: int,
+    warm_start: bool,
+    time_limit_s: float | None,
+    tick: Tick | None = None,
+) -> LayerSolution:
+    """Solve the LPs of the units ``chunk``, in order, on this thread's HiGHS
+    instance for the layer; check every answer at the end. ``tick(1)`` after
+    each unit."""
+    R = lps.rhs[:, chunk]
+    n, free = lps.reduced.shape
+    units = R.shape[1]
+    rhs_left = lps.reduced.rhs_left(R)
+    highs, crash, dense = _workspace(lps.reduced, threads)
+    rows, upper = np.arange(n, dtype=np.int32), np.full(n, highspy.kHighsInf)
+    solution = LayerSolution.empty(units, len(dense.free))
+    D, Y = np.zeros((free, units)), np.zeros((n, units))  # free weights' changes and row duals
+    short = np.zeros((n, units), dtype=bool)  # rows the crash start takes as short
+    if not warm_start:
+        D[:], short[:] = crash.points(rhs_left)
+        # a start that meets every margin is optimal as it is (objective 0)
+        met = np.flatnonzero((dense.shortfall(R, D) <= 0).all(axis=0))
+        _accept(dense, met, D[:, met], np.zeros(len(met)), solution)
+    solved = np.zeros(units, dtype=bool)  # by HiGHS, to be checked
+    for k in range(units):
+        if solution.status[k] != OPTIMAL:
+            basis = None if warm_start else crash.basis(D[:, k], short[:, k])
+            began = time.perf_counter()  # solver time: the unit's HiGHS calls, from its bounds to its answer
+            highs.changeRowsBounds(n, rows, rhs_left[:, k], upper)  # type: ignore[attr-defined]
+            if basis is not None:
+                highs.clearSolver()
+                highs.setBasis(basis)
+            solution.status[k], solution.iterations[k] = _run(highs, time_limit_s, iteration_cap(n))
+            if solution.status[k] == OPTIMAL:
+                # an objective of 0 needs no dual to be proven optimal (see _proven)
+                values, duals = _answer(highs, with_dual=highs.getInfo().objective_function_value > 0)
+            solution.solver_time_s[k] = time.perf_counter() - began
+            if solution.status[k] == OPTIMAL:
+                D[:, k], Y[:, k] = values[:free], duals[:n] if duals else 0.0
+                solved[k] = True
+        if tick is not None:
+            tick(1)
+
+    for k in _accept_proven(dense, R, D, Y, np.flatnonzero(solved), solution):
+        # HiGHS's "optimum" fails the duality check: solve again from scratch, by another route.
+        began = time.perf_counter()
+        highs.changeRowsBounds(n, rows, rhs_left[:, k], upper)  # type: ignore[attr-defined]
+        highs.clearSolver()
+        highs.setOptionValue("presolve", "on")
+        solution.status[k], iterations = _run(highs, time_limit_s)
+        highs.setOptionValue("presolve", "off")
+        solution.iterations[k] += iterations
+        solution.solver_time_s[k] += time.perf_counter() - began
+        solution.resolves += 1
+        if solution.status[k] == OPTIMAL:
+            values, duals = _answer(highs)
+            D[:, k], Y[:, k] = values[:free], duals[:n] if duals else 0.0
+            _accept_proven(dense, R, D, Y, np.array([k]), solution)
+    return solution
+
+
+class _CrashStart:
+    """Where dual simplex starts each unit: a set of rows taken to fall short
+    of the margin (multiplier ``y_i = 1``: their shortfall ``s_i`` basic, the
+    row at its bound), every free weight at the bound that raises those rows
+    in sum (``sign(H^T y)``), the other rows basic (``y_i = 0``).
+
+    Any such start is dual feasible, since the weights cost nothing; its
+    primal infeasibilities are the rows whose side at that point differs from
+    the set, and dual simplex needs about one iteration for each. The set is
+    the rows short at ``d = 0``, or at the point that set gives, and so on for
+    ``ROUNDS`` rounds: per unit, the round with the fewest such rows wins
+    (on tall layers, such as a Conv2d's, the first round alone leaves
+    thousands).
+    """
+
+    ROUNDS = 2
+
+    def __init__(self, reduced: ReducedLP):
+        self.reduced = reduced
+        self.S_transposed = reduced.S.T
+        # per column and row, the statuses when the row is short (code 1) or not (code 0)
+        self.weight_status = np.array([_LOWER, _UPPER], dtype=np.intp)
+        self.shortfall_status = np.array([_LOWER, _BASIC], dtype=np.intp)
+        self.row_status = np.array([_BASIC, _LOWER], dtype=np.intp)
+        # t (if shifted) basic, with the equation row at its bound 0
+        self.t_column = [_BASIC] if reduced.shifted else []
+        self.equation_row = [_LOWER] if reduced.shifted else []
+        self._basis = highspy.HighsBasis()  # reused: HiGHS copies it
+        self._basis.valid = True
+
+    def _point(self, short: np.ndarray) -> np.ndarray:
+        """``sign(H_free^T y)`` at the bounds, for ``y`` the indicator of ``short``."""
+        y = short.astype(float)
+        raises = self.S_transposed @ y + np.outer(self.reduced.c, y.sum(axis=0)) > 0
+        return np.where(raises, self.reduced.weight_bound, -self.reduced.weight_bound)
+
+    def points(self, rhs_left: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The free weights' changes to start from and the rows taken as
+        short, one column per unit."""
+        short = rhs_left > 0
+        best_D, best_short = self._point(short), short
+        fewest = np.full(short.shape[1], np.iinfo(np.int64).max)
+        for _ in range(self.ROUNDS):
+            D = self._point(short)
+            short_at_D = rhs_left - self.reduced.S @ D - self.reduced.c @ D > 0
+            mismatched = (short_at_D != short).sum(axis=0)
+            better = mismatched < fewest
+            best_D[:, better], best_short[:, better], fewest[better] = (
+                D[:, better],
+                short[:, better],
+                mismatched[better],
+            )
+            short = short_at_D
+        return best_D, best_short
+
+    def basis(self, d: np.ndarray, short: np.ndarray) -> highspy.HighsBasis:
+        """The start for a unit whose start point is ``d`` and rows taken as
+        short ``short`` (HiGHS copies it)."""
+        short_code = short.astype(np.intp)
+        columns = np.r_[self.weight_status[(d > 0).astype(np.intp)], self.shortfall_status[short_code], self.t_column]
+        rows = np.r_[self.row_status[short_code], self.equation_row]
+        self._basis.col_status = _STATUSES[columns.astype(np.intp)].tolist()
+        self._basis.row_status = _STATUSES[rows.astype(np.intp)].tolist()
+        return self._basis
+
+
+def _answer(highs: highspy.Highs, with_dual: bool = True) -> tuple[list, list | None]:
+    """HiGHS's solution as highspy hands it over: every column's value and,
+    if ``with_dual``, every row's dual (the free weights come first, then the
+    sample rows)."""
+    solution = highs.getSolution()
+    return solution.col_value, solution.row_dual if with_dual else None
+
+
+def _accept_proven(
+    reduced: ReducedLP, R: np.ndarray, D: np.ndarray, Y: np.ndarray, units: np.ndarray, solution: LayerSolution
+) -> np.ndarray:
+    """Accept into ``solution`` the answers (columns ``D``, duals ``Y``) of
+    ``units`` that a duality bound proves optimal; mark the others FAILED.
+    Returns the units left unproven."""
+    d = reduced.clip(D[:, units])
+    objective = np.maximum(reduced.shortfall(R[:, units], d), 0.0).sum(axis=0)
+    proven = objective == 0.0  # no objective is below 0: nothing to check
+    check = np.flatnonzero(~proven)
+    gap = objective[check] - reduced.dual_bound(R[:, units[check]], Y[:, units[check]])
+    scale = 1.0 + np.maximum(R[:, units[check]], 0.0).sum(axis=0)  # the objective at d = 0, e = 0
+    proven[check] = gap <= GAP_TOLERANCE * scale
+    _accept(reduced, units[proven], d[:, proven], objective[proven], solution)
+    solution.status[units[~proven]] = FAILED
+    return units[~proven]
+
+
+def _accept(
+    reduced: ReducedLP, units: np.ndarray, d: np.ndarray, objective: np.ndarray, solution: LayerSolution
+) -> None:
+    """Write into ``solution`` the optimal answers of ``units``: the free
+    weights' changes ``d`` (one column per unit) and their objectives."""
+    solution.delta_weight[units] = reduced.full_delta(d.T)
+    solution.delta_bias[units] = reduced.bias_delta
+    solution.objective[units] = objective
+    solution.status[units] = OPTIMAL
+
+
+def _solve_mip_chunk(
+    lps: LayerLPs, chunk: np.ndarray, *, threads: int, time_limit_s: float | None, tick: Tick | None = None
+) -> LayerSolution:
+    """Solve the MIPs of the units ``chunk``, each on a fresh HiGHS instance
+    (the big-M coefficients change the matrix). ``tick(1)`` after each unit."""
+    reduced = lps.reduced
+    R = lps.rhs[:, chunk]
+    _, free = reduced.shape
+    solution = LayerSolution.empty(R.shape[1], len(reduced.free))
+    for k in range(R.shape[1]):
+        r = reduced.rhs_left(R[:, k])
+        big_m = np.maximum(0.0, r + reduced.weight_bound * reduced.row_norm1)
+        highs = _new_highs(reduced, _constraint_matrix(reduced, big_m), r, threads, "choose", binary=True)
+        highs.setOptionValue("mip_rel_gap", 0.0)
+        began = time.perf_counter()
+        status, _ = _run(highs, time_limit_s)
+        solution.solver_time_s[k] = time.perf_counter() - began
+        solution.iterations[k] = max(0, highs.getInfo().mip_node_count)
+        if status == OPTIMAL:
+            d = reduced.clip(np.asarray(highs.getSolution().col_value)[:free])
+            count = count_short(reduced.shortfall(R[:, k], d), R[:, k])
+            if count == round(highs.getInfo().objective_function_value):
+                solution.delta_weight[k] = reduced.full_delta(d[None, :])[0]
+                solution.delta_bias[k] = reduced.bias_delta
+                solution.objective[k] = count
+            else:  # the point contradicts its own count
+                status = FAILED
+        solution.status[k] = status
+        if tick is not None:
+            tick(1)
+    return solution
+
+
+def _constraint_matrix(reduced: ReducedLP, slack_coef: np.ndarray) -> sp.csc_matrix:
+    """The matrix of the LP (or MIP) left after dual fixing, in HiGHS's form.
+
+    Columns ``[d (free weights), slack (n), t (if shifted)]``, rows
+    ``[samples (n), c . d - t = 0 (if shifted)]``: sample row i reads
+    ``S_i d + slack_coef_i * slack_i (+ t)``.
+    """
+    n, _ = reduced.shape
+    blocks: list[list] = [[reduced.S, sp.diags(slack_coef)]]
+    if reduced.shifted:
+        blocks[0].append(np.ones((n, 1)))
+        blocks.append([sp.csr_matrix(reduced.c), None, -np.ones((1, 1))])
+    A = sp.bmat(blocks, format="csc")
+    A.eliminate_zeros()
+    return A
+
+
+def _new_highs(
+    reduced: ReducedLP, A: sp.csc_matrix, r: np.ndarray, threads: int, presolve: str, binary: bool = False
+) -> highspy.Highs:
+    """A silent HiGHS instance holding the LP (or MIP) with matrix ``A`` (see
+    ``_constraint_matrix``): sample row i is ``>= r_i``, with ``r`` net of the
+    fixed variables. The slack is ``s`` (cost 1, in ``[0, inf)``) or, with
+    ``binary``, ``z`` (cost 1, in {0, 1})."""
+    n, free = reduced.shape
+    inf = highspy.kHighsInf
+    shifted = int(reduced.shifted)
+    cost = np.zeros(A.shape[1])
+    cost[free : free + n] = 1.0
+    col_lower = np.concatenate([np.full(free, -reduced.weight_bound), np.zeros(n), [-inf] * shifted])
+    col_upper = np.concatenate(
+        [np.full(free, reduced.weight_bound), np.full(n, 1.0 if binary else inf), [inf] * shifted]
+    )
+    row_lower = np.concatenate([r, [0.0] * shifted])
+    row_upper = np.concatenate([np.full(n, inf), [0.0] * shifted])
+    integrality = np.full(A.shape[1], int(highspy.HighsVarType.kContinuous), dtype=np.int32)
+    if binary:
+        integrality[free : free + n] = int(highspy.HighsVarType.kInteger)
+
+    highs = _pass_model(A, cost, col_lower, col_upper, row_lower, row_upper, threads, integrality)
+    highs.setOptionValue("presolve", presolve)
+    return highs
+
+
+_workspaces = threading.local()
+
+
+def _workspace(reduced: ReducedLP, threads: int) -> tuple[highspy.Highs, _CrashStart, ReducedLP]:
+    """What this thread keeps of ``reduced`` for its next chunk: a HiGHS
+    instance holding the LP (building it takes as long as solving a few
+    units), the crash start, and the reduced LP with ``S`` dense, for the
+    checks of whole chunks (dense products beat sparse ones at MNIST's ~25%
+    density)."""
+    key = (reduced.token, threads)
+    cached = getattr(_workspaces, "last", None)
+    if cached is None or cached[0] != key:
+        n, _ = reduced.shape
+        highs = _new_highs(reduced, _constraint_matrix(reduced, np.ones(n)), np.zeros(n), threads, "off")
+        dense = replace(reduced, S=sp.csr_matrix(reduced.S).toarray())
+        cached = _workspaces.last = (key, highs, _CrashStart(dense), dense)
+    _, highs, crash, dense = cached
+    highs.setOptionValue("presolve", "off")  # a presolved LP has no basis to start from
+    return highs, crash, dense
+
+
+_banner_lock = threading.Lock()
+_banner_swallowed = False
+
+
+def swallow_highs_banner() -> None:
+    """HiGHS prints a banner to stdout when a process creates its first
+    instance, before any option can silence it (ERGO-Code/HiGHS#1702, #2749;
+    cvxpy/cvxpy#2714): create that first instance with stdout pointed at
+    /dev/null, so that solving prints nothing."""
+    global _banner_swallowed
+    with _banner_lock:
+        if _banner_swallowed:
+            return
+        sys.stdout.flush()
+        try:
+            saved = os.dup(1)
+        except OSError:  # no stdout to protect
+            saved = None
+        try:
+            if saved is not None:
+                with open(os.devnull, "w") as devnull:
+                    os.dup2(devnull.fileno(), 1)
+            highspy.Highs()
+        finally:
+            if saved is not None:
+                os.dup2(saved, 1)
+                os.close(saved)
+            _banner_swallowed = True
+
+
+def _run(highs: highspy.Highs, time_limit_s: float | None, iteration_cap: int | None = None) -> tuple[str, int]:
+    """Run HiGHS; return the unit status and the simplex iterations.
+
+    With ``iteration_cap``, a dual simplex run that stalls past it (as it can
+    on degenerate LPs with a large box, taking tens of thousands of iterations)
+    is finished by the interior point method with crossover instead, from
+    scratch, which yields a basic optimum and its duals all the same.
+    """
+    # HiGHS's time_limit counts the instance's total run time over all runs.
+    limit = highspy.kHighsInf if time_limit_s is None else highs.getRunTime() + time_limit_s
+    highs.setOptionValue("time_limit", limit)
+    highs.setOptionValue("simplex_iteration_limit", iteration_cap if iteration_cap is not None else _NO_LIMIT)
+    highs.run()
+    iterations = max(0, highs.getInfo().simplex_iteration_count)
+    if iteration_cap is not None and highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit:
+        highs.setOptionValue("simplex_iteration_limit", _NO_LIMIT)
+        highs.setOptionValue("solver", "ipm")
+        highs.clearSolver()
+        try:
+            highs.run()
+        finally:
+            highs.setOptionValue("solver", "choose")
+        iterations += max(0, highs.getInfo().simplex_iteration_count)  # crossover's
+    return status_group(highs.getModelStatus(), HIGHS_STATUS_GROUPS), iterations
+
+
+_NO_LIMIT = 2**31 - 1  # HiGHS's default simplex_iteration_limit
+
+
+def iteration_cap(rows: int) -> int:
+    """Dual simplex iterations after which a unit's LP goes to the interior
+    point method: a few per row, well above what a well-behaved unit takes."""
+    return max(1000, 4 * rows)
+
+
+def _similarity_order(R: np.ndarray) -> np.ndarray:
+    """Units sorted by the projection of their right-hand sides on the first
+    principal direction, so that neighbours have similar ``r``."""
+    centered = R.T - R.T.mean(axis=0)
+    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    return np.argsort(centered @ vt[0], kind="stable")
+
+
+# ---------------------------------------------------------------- the general form
+
+
+@dataclass(frozen=True)
+class GeneralLPs:
+    """The LPs of one layer's units in the general form (anchor, ``l1``,
+    activity targets; module docstring of ``lpinit.lp.problem``), as a worker
+    receives them. No dual fixing applies; the shift does. Columns of ``H``
+    that are zero on every sample are left out (their weights cannot matter)."""
+
+    formulation: Formulation
+    used: np.ndarray  # (d_in,) bool: input columns kept
+    S: sp.csr_matrix  # (n, used.sum()): H[:, used] - 1 c^T
+    c: np.ndarray  # (used.sum(),) column shift
+    Z: np.ndarray  # (n, k) pre-activations before the change
+    active: np.ndarray  # (n, k) bool: rows to be active (A_j)
+    hot_start: bool  # start each unit from the previous unit's basis
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells cached HiGHS instances apart
+
+    @classmethod
+    def from_layer(cls, H: np.ndarray, Z: np.ndarray, formulation: Formulation, hot_start: bool) -> GeneralLPs:
+        used = np.asarray((H != 0).any(axis=0))
+        S, c = split_constant(H[:, used])
+        return cls(formulation, used, S, c, Z, formulation.active_rows(Z), hot_start)
+
+
+def solve_general(lps: GeneralLPs, *, n_jobs: int | None, time_limit_s: float | None, tick: Tick) -> LayerSolution:
+    """Solve all units of the general form, in chunks shared by this process
+    and worker processes, as ``solve_highs`` does for the plain LP."""
+    units = lps.Z.shape[1]
+    solution = LayerSolution.empty(units, len(lps.used))
+    most = min(cpu_count() if n_jobs is None else n_jobs, units // MIN_UNITS_PER_PROCESS)
+    parts, workers = parallel.map_chunks(
+        partial(_solve_general_chunk, time_limit_s=time_limit_s),
+        lps,
+        np.arange(units),
+        max(0, most - 1),
+        start="auto" if n_jobs is None else "always",
+        tick=tick,
+        worker_setup=_one_highs_thread,
+    )
+    for chunk, part in parts:
+        solution.put(chunk, part)
+    solution.processes = 1 + workers
+    return solution
+
+
+class _GeneralModel:
+    """A HiGHS instance holding the general LP of a layer, built once, with
+    the layout of its columns and rows.
+
+    Columns: ``d`` (or ``d+, d-`` when the change costs), ``e`` (or ``e+, e-``;
+    none without a bias), ``s+`` (n), ``s-`` (n, activity targets only), ``t``
+    (if shifted). Rows: the n samples ``S_i d + t + e + s+_i - s-_i``, then
+    ``c . d - t = 0`` (if shifted), then the anchor ``mean(S) . d + t + e = 0``.
+    """
+
+    def __init__(self, lps: GeneralLPs, threads: int):
+        f, S, c = lps.formulation, lps.S, lps.c
+        n, p = S.shape
+        self.n, self.p = n, p
+        self.split_d = bool(f.weight_cost() > 0)
+        self.has_e = bool(f.bias_bound > 0)
+        self.split_e = bool(self.has_e and f.bias_cost() > 0)
+        two_sided = f.target_active is not None
+        shifted = bool(c.any())
+        ones = np.ones((n, 1))
+
+        def signed(block: sp.spmatrix | np.ndarray, split: bool) -> list:
+            return [block, -block] if split else [block]
+
+        d_block = signed(S, self.split_d)
+        e_block = signed(ones, self.split_e) if self.has_e else []
+        s_block = [sp.identity(n, format="csr")] + ([-sp.identity(n, format="csr")] if two_sided else [])
+        t_block = [ones] if shifted else []
+        rows: list[list] = [[*d_block, *e_block, *s_block, *t_block]]
+        width = [b.shape[1] for b in rows[0]]
+        if shifted:
+            row = signed(sp.csr_matrix(c), self.split_d) + [None] * (len(e_block) + len(s_block)) + [-np.ones((1, 1))]
+            rows.append(row)
+        if f.anchor:
+            mean_S = np.asarray(S.mean(axis=0)).reshape(1, -1)
+            e_row = signed(np.ones((1, 1)), self.split_e) if self.has_e else []
+            t_entry = [np.ones((1, 1))] if shifted else []
+            rows.append([*signed(mean_S, self.split_d), *e_row, *[None] * len(s_block), *t_entry])
+        A = sp.bmat(rows, format="csc")
+        A.eliminate_zeros()
+
+        inf = highspy.kHighsInf
+        starts = np.cumsum([0, *width])
+        self.d_columns = [slice(starts[0], starts[1])] + ([slice(starts[1], starts[2])] if self.split_d else [])
+        e_first = starts[len(d_block)]
+        self.e_columns = list(range(e_first, e_first + len(e_block)))
+        cost, lower, upper = np.zeros(A.shape[1]), np.zeros(A.shape[1]), np.zeros(A.shape[1])
+        for columns in self.d_columns:
+            cost[columns] = f.weight_cost()
+            lower[columns] = 0.0 if self.split_d else -f.weight_bound
+            upper[columns] = f.weight_bound
+        for column in self.e_columns:
+            cost[column] = f.bias_cost()
+            lower[column] = 0.0 if self.split_e else -f.bias_bound
+            upper[column] = f.bias_bound
+        s_first = starts[len(d_block) + len(e_block)]
+        s_end = s_first + n * len(s_block)
+        cost[s_first:s_end] = f.shortfall_cost()
+        upper[s_first:s_end] = inf
+        if shifted:
+            lower[-1], upper[-1] = -inf, inf
+        self.anchor_row = A.shape[0] - 1 if f.anchor else None
+        row_upper = np.concatenate([np.full(n, inf), np.zeros(A.shape[0] - n)])  # samples: set per unit
+        self.highs = _pass_model(A, cost, lower, upper, np.zeros(A.shape[0]), row_upper, threads)
+        self.rows = np.arange(n, dtype=np.int32)
+        self.dense_H = S.toarray() + c
+        self.columns, self.shifted = A.shape[1], shifted
+        self.s_columns = [slice(s_first + i * n, s_first + (i + 1) * n) for i in range(len(s_block))]
+        # the change variables of the crash start: the weights, then the bias
+        self.hbar = np.r_[self.dense_H.mean(axis=0), [1.0] * self.has_e]
+        self.bound = np.r_[np.full(p, f.weight_bound), [f.bias_bound] * self.has_e]
+        self.cost = np.r_[np.full(p, f.weight_cost()), [f.bias_cost()] * self.has_e]
+        self.split = np.r_[np.full(p, self.split_d), [self.split_e] * self.has_e]
+        self.shortfall_cost = f.shortfall_cost()
+        self.anchor = f.anchor
+        self._margin = f.margin
+        self._basis = highspy.HighsBasis()  # reused: HiGHS copies it
+        self._basis.valid = True
+
+    def crash_basis(self, z: np.ndarray, active: np.ndarray) -> highspy.HighsBasis:
+        """A dual feasible start for one unit, close to its optimum.
+
+        Rows taken to miss their side of the margin get their slack basic
+        (row multiplier ``y_i = +-C``), the others their logical. Each change
+        variable then sits at the bound its reduced cost asks for,
+        ``sign(g_k + mu hbar_k)`` past ``+-lambda`` with ``g = H^T y``; with the
+        anchor, ``mu`` is the multiplier at which the anchor's row
+        ``hbar . d + e`` crosses 0 (a step function of ``mu``), and the
+        variable at that step is basic in the anchor's row.
+
+        The rows taken to miss are those that miss at ``d = 0``; on a tall
+        layer (more rows than weights, e.g. a Conv2d's), or those that miss at
+        the point the previous set gives, for up to ``_CrashStart.ROUNDS``
+        rounds: the set whose point leaves the fewest rows on another side
+        than assumed (each costs dual simplex about one iteration) wins. (On
+        the seed MLP's anchored LPs the later rounds measured no better.)
+        """
+        missed = np.where(active, z < self._margin, z > -self._margin)
+        best: tuple[int, np.ndarray, np.ndarray] | None = None
+        for _ in range(_CrashStart.ROUNDS if self.n > self.p else 1):
+            col, row, change = self._start(missed, active)
+            z_new = z + self.dense_H @ change[: self.p] + (change[self.p] if self.has_e else 0.0)
+            missed_new = np.where(active, z_new < self._margin, z_new > -self._margin)
+            mismatched = int((missed_new != missed).sum())
+            if best is None or mismatched < best[0]:
+                best = (mismatched, col, row)
+            if mismatched == 0:
+                break
+            missed = missed_new
+        assert best is not None
+        self._basis.col_status = _STATUSES[best[1]].tolist()
+        self._basis.row_status = _STATUSES[best[2]].tolist()
+        return self._basis
+
+    def _start(self, missed: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The basis (column and row status codes) for the rows ``missed``,
+        and its point: the change of the weights (and the bias, last)."""
+        C = self.shortfall_cost
+        y = np.where(missed, np.where(active, C, -C), 0.0)
+        g = np.r_[self.dense_H.T @ y, [y.sum()] * self.has_e]
+        mu, basic = self._anchor_multiplier(g) if self.anchor else (0.0, -1)
+        v = g + mu * self.hbar
+        direction = np.where(v > self.cost, 1, np.where(v < -self.cost, -1, 0))
+        direction[~self.split & (direction == 0)] = -1  # unsplit, cost 0: v == 0 exactly; either bound
+        change = direction * self.bound
+        if basic >= 0:  # its value meets the anchor's row, hbar . change = 0
+            rest = self.hbar @ change - self.hbar[basic] * change[basic]
+            change[basic] = np.clip(-rest / self.hbar[basic], -self.bound[basic], self.bound[basic])
+
+        col = np.full(self.columns, _LOWER, dtype=np.intp)
+        p = self.p
+        col[self.d_columns[0]] = np.where(direction[:p] > 0, _UPPER, _LOWER)
+        if self.split_d:
+            col[self.d_columns[1]] = np.where(direction[:p] < 0, _UPPER, _LOWER)
+        if self.has_e:
+            col[self.e_columns[0]] = _UPPER if direction[p] > 0 else _LOWER
+            if self.split_e:
+                col[self.e_columns[1]] = _UPPER if direction[p] < 0 else _LOWER
+        if basic >= 0:  # in the anchor's row: the variable at its step (d+ or d- by the side of the step)
+            if basic == p:
+                columns = self.e_columns
+            else:
+                columns = [self.d_columns[0].start + basic]
+                columns += [self.d_columns[1].start + basic] if self.split_d else []
+            col[columns[1] if len(columns) > 1 and v[basic] < 0 else columns[0]] = _BASIC
+        col[self.s_columns[0]] = np.where(missed & active, _BASIC, _LOWER)
+        if len(self.s_columns) > 1:
+            col[self.s_columns[1]] = np.where(missed & ~active, _BASIC, _LOWER)
+        if self.shifted:
+            col[-1] = _BASIC
+
+        row = np.where(missed, np.where(active, _LOWER, _UPPER), _BASIC)
+        extra = [_LOWER] * self.shifted + ([_BASIC if basic < 0 else _LOWER] if self.anchor else [])
+        return col, np.r_[row, extra].astype(np.intp), change
+
+    def _anchor_multiplier(self, g: np.ndarray) -> tuple[float, int]:
+        """``mu`` where ``phi(mu) = sum_k hbar_k bound_k direction_k(mu)`` steps
+        across 0, and the change variable of that step (-1: none)."""
+        moves = self.hbar != 0
+        k = np.flatnonzero(moves)
+        hbar, g_k, cost, bound = self.hbar[k], g[k], self.cost[k], self.bound[k]
+        # each variable steps at -(g +- cost) / hbar; a split one steps twice, half as far each time
+        step_size = np.abs(hbar) * bound * np.where(self.split[k], 1.0, 2.0)
+        first = (-np.sign(hbar) * cost - g_k) / hbar
+        second = (np.sign(hbar) * cost - g_k) / hbar
+        at = np.r_[first, second[self.split[k]]]
+        jump = np.r_[step_size, step_size[self.split[k]]]
+        owner = np.r_[k, k[self.split[k]]]
+        order = np.argsort(at, kind="stable")
+        phi = -(np.abs(hbar) * bound).sum() + np.cumsum(jump[order])
+        crossing = int(np.searchsorted(phi, 0.0))
+        if crossing >= len(order):
+            return 0.0, -1
+        return float(at[order[crossing]]), int(owner[order[crossing]])
+
+    def change(self, values: np.ndarray) -> tuple[np.ndarray, float]:
+        """The weights' change ``d`` (of the used columns) and the bias change ``e`` in a HiGHS solution."""
+        d = values[self.d_columns[0]] - (values[self.d_columns[1]] if self.split_d else 0.0)
+        e = values[self.e_columns[0]] - (values[self.e_columns[1]] if self.split_e else 0.0) if self.has_e else 0.0
+        return d, float(e)
+
+
+_LOWER, _BASIC, _UPPER = 0, 1, 2
+_STATUSES = np.array(
+    [highspy.HighsBasisStatus.kLower, highspy.HighsBasisStatus.kBasic, highspy.HighsBasisStatus.kUpper], dtype=object
+)
+"""Basis statuses by code, so that a start is built with integer arrays."""
+
+_general_models = threading.local()
+
+
+def _general_model(lps: GeneralLPs, threads: int) -> _GeneralModel:
+    """This thread's HiGHS instance for ``lps`` (kept for the layer's next chunk)."""
+    key = (lps.token, threads)
+    cached = getattr(_general_models, "last", None)
+    if cached is None or cached[0] != key:
+        cached = _general_models.last = (key, _GeneralModel(lps, threads))
+    return cached[1]
+
+
+def _solve_general_chunk(
+    lps: GeneralLPs, chunk: np.ndarray, *, threads: int, time_limit_s: float | None, tick: Tick | None = None
+) -> LayerSolution:
+    """Solve the general LPs of the units ``chunk`` on this thread's HiGHS
+    instance for the layer, each from the previous unit's basis (``hot_start``)
+    or from the slack basis; check every answer against the duality bound."""
+    f = lps.formulation
+    model = _general_model(lps, threads)
+    highs, n = model.highs, model.n
+    Z, active = lps.Z[:, chunk], lps.active[:, chunk]
+    lower, upper = f.row_bounds(Z, active)
+    lower, upper = np.maximum(lower, -highspy.kHighsInf), np.minimum(upper, highspy.kHighsInf)
+    units = len(chunk)
+    solution = LayerSolution.empty(units, model.p)
+    D, e, Y, mu = np.zeros((units, model.p)), np.zeros(units), np.zeros((n, units)), np.zeros(units)
+    solved = np.zeros(units, dtype=bool)
+
+    def solve(k: int, presolve: str) -> None:
+        crash = model.crash_basis(Z[:, k], active[:, k]) if presolve == "off" and not lps.hot_start else None
+        began = time.perf_counter()  # solver time: the unit's HiGHS calls, from its bounds to its answer
+        highs.changeRowsBounds(n, model.rows, lower[:, k], upper[:, k])  # type: ignore[attr-defined]
+        if presolve == "on" or not lps.hot_start:
+            highs.clearSolver()
+        if crash is not None:
+            highs.setBasis(crash)
+        highs.setOptionValue("presolve", presolve)
+        status, iterations = _run(highs, time_limit_s, iteration_cap(n))
+        solution.status[k] = status
+        solution.iterations[k] += iterations
+        if status == OPTIMAL:
+            answer = highs.getSolution()
+            values, duals = np.asarray(answer.col_value), np.asarray(answer.row_dual)
+            D[k], e[k] = model.change(values)
+            Y[:, k] = duals[:n]
+            mu[k] = duals[model.anchor_row] if model.anchor_row is not None else 0.0
+            solved[k] = True
+        solution.solver_time_s[k] += time.perf_counter() - began
+
+    for k in range(units):
+        solve(k, "off")
+        if tick is not None:
+            tick(1)
+    unproven = _accept_general(lps, model, Z, active, D, e, Y, mu, np.flatnonzero(solved), solution)
+    for k in unproven:  # HiGHS's "optimum" fails the duality check: solve again from scratch, by another route
+        solution.resolves += 1
+        solve(k, "on")
+        if solution.status[k] == OPTIMAL:
+            _accept_general(lps, model, Z, active, D, e, Y, mu, np.array([k]), solution)
+    highs.setOptionValue("presolve", "off")
+
+    delta_weight = np.zeros((units, len(lps.used)))  # unused input columns: no change
+    delta_weight[:, lps.used] = solution.delta_weight
+    return replace(solution, delta_weight=delta_weight)
+
+
+def _accept_general(
+    lps: GeneralLPs,
+    model: _GeneralModel,
+    Z: np.ndarray,
+    active: np.ndarray,
+    D: np.ndarray,
+    e: np.ndarray,
+    Y: np.ndarray,
+    mu: np.ndarray,
+    units: np.ndarray,
+    solution: LayerSolution,
+) -> np.ndarray:
+    """Accept the answers of ``units`` that the duality bound proves optimal
+    (writing them into ``solution``); mark the others FAILED and return them."""
+    if not len(units):
+        return units
+    f, H = lps.formulation, model.dense_H
+    d = np.clip(D[units], -f.weight_bound, f.weight_bound)
+    e_u = np.clip(e[units], -f.bias_bound, f.bias_bound)
+    if f.anchor and model.has_e:  # restore the equality exactly, where the box allows
+        e_u = np.clip(-(d @ H.mean(axis=0)), -f.bias_bound, f.bias_bound)
+    objective = f.objective(H, Z[:, units], d, e_u, active[:, units])
+    bound = f.dual_bound(H, Z[:, units], active[:, units], Y[:, units], mu[units])
+    at_zero = f.objective(H, Z[:, units], np.zeros_like(d), np.zeros_like(e_u), active[:, units])
+    proven = objective - bound <= GAP_TOLERANCE * (1.0 + at_zero)
+    good = units[proven]
+    solution.delta_weight[good] = d[proven]
+    solution.delta_bias[good] = e_u[proven]
+    solution.objective[good] = objective[proven]
+    solution.status[good] = OPTIMAL
+    solution.status[units[~proven]] = FAILED
+    return units[~proven]
+
+
+def _pass_model(
+    A: sp.csc_matrix,
+    cost: np.ndarray,
+    col_lower: np.ndarray,
+    col_upper: np.ndarray,
+    row_lower: np.ndarray,
+    row_upper: np.ndarray,
+    threads: int,
+    integrality: np.ndarray | None = None,
+) -> highspy.Highs:
+    """A silent HiGHS instance (presolve off) holding ``min cost . x`` s.t.
+    ``row_lower <= A x <= row_upper``, ``col_lower <= x <= col_upper``."""
+    swallow_highs_banner()
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("threads", threads)
+    highs.setOptionValue("presolve", "off")
+    if integrality is None:
+        integrality = np.full(A.shape[1], int(highspy.HighsVarType.kContinuous), dtype=np.int32)
+    # the overload that takes numpy arrays as they are (a HighsLp converts them element by element)
+    status = highs.passModel(
+        A.shape[1],
+        A.shape[0],
+        A.nnz,
+        int(highspy.MatrixFormat.kColwise),
+        int(highspy.ObjSense.kMinimize),
+        0.0,
+        cost,
+        col_lower,
+        col_upper,
+        row_lower,
+        row_upper,
+        A.indptr.astype(np.int32),
+        A.indices.astype(np.int32),
+        A.data,
+        integrality,
+    )
+    if status == highspy.HighsStatus.kError:  # kWarning: e.g. entries below 1e-9 dropped, as they may be
+        raise SolverError(
+            f"HiGHS refused a layer's LP ({A.shape[0]} rows, {A.shape[1]} columns; status {status}). "
+            "Check that the batch and the weights are of a sane scale (e.g. |x| < 1e6)."
+        )
+    return highs

@@ -1,0 +1,354 @@
+"""The LP's options (rescale, anchor, l1, activity targets) and the
+closed-form controls, against scipy's linprog, hand-made cases and literal
+counts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog
+from torch import nn
+
+from lpinit import bias_shift_, count_relu_zeros, lp_initialize, mlp, quantile_bias_
+from lpinit.controls import quantile_thresholds
+from lpinit.lp import SOLVERS, solve_layer
+from lpinit.lp.problem import Formulation
+
+
+def linprog_general(H: np.ndarray, Z: np.ndarray, f: Formulation) -> np.ndarray:
+    """Each unit's optimum of the general LP, written out for scipy's linprog
+    from the module docstring of ``lpinit.lp.problem``: variables
+    ``[d+, d-, e+, e-, s]``, one row ``sigma_i (z_i + H_i d + e) + s_i >= m`` per
+    sample, ``sigma_i = +1`` on the ``ceil(q n)`` largest ``z_i`` (all rows
+    without a target) and ``-1`` on the others."""
+    n, d_in = H.shape
+    optima = []
+    for j in range(Z.shape[1]):
+        if f.target_active is None:
+            sigma = np.ones(n)
+        else:
+            count = math.ceil(f.target_active * n - 1e-9)
+            sigma = -np.ones(n)
+            sigma[np.argsort(-Z[:, j], kind="stable")[:count]] = 1.0
+        signed = sigma[:, None]
+        A_ub = -np.hstack([signed * H, -signed * H, signed, -signed, np.eye(n)])
+        b_ub = -(f.margin - sigma * Z[:, j])
+        change = 1.0 if f.target_active is not None else f.l1
+        w_cost = change / f.weight_bound if f.weight_bound else 0.0
+        b_cost = change / f.bias_bound if f.bias_bound else 0.0
+        changeable = d_in * (f.weight_bound > 0) + (f.bias_bound > 0)
+        C = 1.0 if f.target_active is None else 2 * changeable / f.margin  # C = 2 N / m
+        cost = np.r_[np.full(2 * d_in, w_cost), b_cost, b_cost, np.full(n, C)]
+        bounds = [(0, f.weight_bound)] * (2 * d_in) + [(0, f.bias_bound)] * 2 + [(0, None)] * n
+        A_eq = b_eq = None
+        if f.anchor:
+            mean = H.mean(axis=0)
+            A_eq, b_eq = np.r_[mean, -mean, 1.0, -1.0, np.zeros(n)][None, :], [0.0]
+        result = linprog(cost, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=bounds, method="highs")
+        assert result.status == 0, result.message
+        optima.append(result.fun)
+    return np.array(optima)
+
+
+OPTIONS = {
+    "l1": dict(l1=0.05),
+    "anchor": dict(anchor=True),
+    "anchor+l1": dict(anchor=True, l1=0.1),
+    "target": dict(target_active=0.3),
+    "target+anchor": dict(target_active=0.8, anchor=True),
+}
+
+
+def small_layer(seed: int, relu_input: bool, n=30, d_in=5, k=6):
+    rng = np.random.default_rng(seed)
+    H = rng.normal(size=(n, d_in))
+    if relu_input:
+        H = np.maximum(H, 0.0)
+    W = rng.normal(size=(k, d_in)) / np.sqrt(d_in)
+    b = rng.normal(size=k) * 0.1
+    return H, W, b
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+@pytest.mark.parametrize("relu_input", [False, True])
+def test_every_option_matches_linprog_in_both_solvers(name, relu_input):
+    H, W, b = small_layer(1, relu_input)
+    options = OPTIONS[name]
+    bounds = dict(weight_bound=0.3, bias_bound=0.2, margin=0.2)
+    f = Formulation(
+        H.shape[1], 0.3, 0.2, 0.2, options.get("l1", 0.0), options.get("anchor", False), options.get("target_active")
+    )
+    oracle = linprog_general(H, H @ W.T + b, f)
+    assert (oracle > 1e-3).sum() >= len(W) - 1  # not trivially zero
+    for solver in SOLVERS:
+        solution = solve_layer(H, W, b, solver=solver, n_jobs=1, **bounds, **options)
+        assert solution.status_counts() == {"optimal": len(W)}, solver
+        np.testing.assert_allclose(solution.objective, oracle, rtol=1e-6, atol=1e-9, err_msg=solver)
+        # the changes returned achieve the objective they claim, inside the box
+        assert np.abs(solution.delta_weight).max() <= 0.3 + 1e-12
+        assert np.abs(solution.delta_bias).max() <= 0.2 + 1e-12
+        Z = H @ W.T + b
+        achieved = f.objective(H, Z, solution.delta_weight, solution.delta_bias, f.active_rows(Z))
+        np.testing.assert_allclose(achieved, solution.objective, rtol=1e-9, atol=1e-12)
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+@pytest.mark.parametrize("name", ["anchor", "target+anchor", "l1"])
+def test_lp_initialize_matches_linprog_on_every_unit_of_a_small_network(name, mnist_train):
+    """Every unit of every layer, each LP built from the layer's input with the
+    earlier layers already changed; both solvers."""
+    images, _ = mnist_train
+    batch = images[:40]
+    options = {("anchor" if k == "anchor" else k): v for k, v in OPTIONS[name].items()}
+    if options.get("anchor"):
+        options["anchor"] = "mean"
+    objectives = {}
+    for solver in SOLVERS:
+        torch.manual_seed(3)
+        model = mlp([784, 10, 6, 10]).double()
+        old = {
+            n: (m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy())
+            for n, m in linear_layers(model).items()
+        }
+        report = lp_initialize(model, batch.double(), radius=0.3, margin=0.1, solver=solver, n_jobs=1, **options)
+        x = batch.flatten(1).double()
+        with torch.no_grad():
+            inputs = {"fc1": x.numpy(), "fc2": torch.relu(model.fc1(x)).numpy()}
+        for layer in report.layers:
+            W, b = old[layer.name]
+            H = inputs[layer.name]
+            f = Formulation(
+                H.shape[1],
+                layer.weight_bound,
+                layer.bias_bound,
+                layer.margin,
+                layer.l1,
+                name.endswith("anchor") or name.startswith("anchor"),
+                options.get("target_active"),
+            )
+            oracle = linprog_general(H, H @ W.T + b, f).sum()
+            assert layer.lp_objective == pytest.approx(oracle, rel=1e-6), (solver, layer.name)
+            assert layer.status_counts == {"optimal": W.shape[0]}
+            objectives[solver, layer.name] = layer.lp_objective
+    # the same LPs in the first layer; later layers see what each solver chose among equal optima
+    assert objectives["highs", "fc1"] == pytest.approx(objectives["cvxpy", "fc1"], rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["unit", "layer"])
+def test_rescale_keeps_every_sign_and_restores_the_rms(mode, mnist_train):
+    images, _ = mnist_train
+    batch = images[:64]
+    torch.manual_seed(5)
+    plain = mlp([784, 32, 16, 10], final_relu=True)
+    rescaled = mlp([784, 32, 16, 10], final_relu=True)
+    rescaled.load_state_dict(plain.state_dict())
+    options = dict(radius=0.2, margin=0.1, target_active=0.7, layers=["fc1"], n_jobs=1)
+    lp_initialize(plain, batch, **options)
+    report = lp_initialize(rescaled, batch, rescale=mode, **options)
+    # zeros of the changed layer: identical, element by element
+    with torch.no_grad():
+        z_plain, z_rescaled = plain.fc1(batch.flatten(1)), rescaled.fc1(batch.flatten(1))
+    assert torch.equal(z_plain > 0, z_rescaled > 0)
+    layer = report.layers[0]
+    assert layer.preact_rms_after == pytest.approx(layer.preact_rms_before, rel=1e-5)
+    if mode == "unit":  # each unit's RMS on the batch is what it was before the LP
+        torch.manual_seed(5)
+        original = mlp([784, 32, 16, 10], final_relu=True)
+        with torch.no_grad():
+            before = original.fc1(batch.flatten(1)).double().pow(2).mean(0).sqrt()
+        np.testing.assert_allclose(z_rescaled.double().pow(2).mean(0).sqrt(), before, rtol=1e-5)
+
+
+def test_rescaling_changes_no_zero_count_anywhere(mnist_train):
+    """A positive factor per unit keeps the sign of every pre-activation of the
+    layer it scales; later layers see rescaled inputs, so only the changed
+    layer is compared."""
+    images, _ = mnist_train
+    batch = images[:64]
+    counts = []
+    for rescale in (None, "unit", "layer"):
+        torch.manual_seed(7)
+        model = mlp([784, 20, 10], final_relu=True)
+        lp_initialize(model, batch, radius=0.1, layers=["fc1"], rescale=rescale, n_jobs=1)
+        counts.append(count_relu_zeros(model, batch).site("fc1").zeros_per_unit)
+    np.testing.assert_array_equal(counts[0], counts[1])
+    np.testing.assert_array_equal(counts[0], counts[2])
+
+
+def test_anchor_keeps_each_units_batch_mean_and_needs_real_lps_on_hidden_layers(mnist_train):
+    images, _ = mnist_train
+    batch = images[:64].double()
+    torch.manual_seed(8)
+    model = mlp([784, 24, 12, 10]).double()
+    x = batch.flatten(1)
+    with torch.no_grad():
+        h1 = torch.relu(model.fc1(x))
+        mean_before = model.fc2(h1).mean(0)
+    report = lp_initialize(model, batch, radius=0.2, margin=0.1, anchor="mean", layers=["fc2"], n_jobs=1)
+    with torch.no_grad():
+        mean_after = model.fc2(h1).mean(0)
+    np.testing.assert_allclose(mean_after, mean_before, atol=1e-9)
+    layer = report.layers[0]
+    assert layer.zeros_after < layer.zeros_before  # by reshaping, not by shifting
+    assert layer.iterations > 0 and layer.solver_time_s > 0  # no closed form on a ReLU-fed layer
+
+
+def test_l1_does_not_take_the_corner_when_it_is_not_needed():
+    """On a hidden layer (H >= 0) the plain LP's answer is the corner
+    d = +rho_w, e = +rho_b, even for a unit that needs only a small raise.
+    With l1 > 0 the smallest change that does the same wins."""
+    rng = np.random.default_rng(0)
+    H = np.abs(rng.normal(size=(20, 8)))
+    W = np.full((1, 8), 0.1)
+    b = np.array([-0.05 - (H @ W[0]).min()])  # every row short of the margin 0.1 by at most 0.15
+    bounds = dict(weight_bound=0.5, bias_bound=0.5, margin=0.1, n_jobs=1)
+    corner = solve_layer(H, W, b, **bounds)
+    np.testing.assert_allclose(corner.delta_weight, 0.5)
+    np.testing.assert_allclose(corner.delta_bias, 0.5)
+    assert corner.objective[0] == 0.0
+    smallest = solve_layer(H, W, b, l1=1e-3, **bounds)
+    Z_new = H @ (W + smallest.delta_weight).T + (b + smallest.delta_bias)
+    assert (Z_new >= 0.1 - 1e-9).all()  # every margin met, as at the corner
+    change = np.abs(smallest.delta_weight).sum() / 0.5 + np.abs(smallest.delta_bias).sum() / 0.5
+    # the corner costs 9 box units; raising the bias alone by 0.15 meets every margin for 0.3
+    assert change <= 0.3 + 1e-9
+    f = Formulation(8, 0.5, 0.5, 0.1, 1e-3)
+    assert smallest.objective[0] == pytest.approx(linprog_general(H, H @ W.T + b, f)[0], rel=1e-6)
+
+
+def test_activity_targets_are_met_whenever_the_box_allows_it():
+    """C = 2 N / m: when some change in the box meets every target with margin
+    m, every target row ends on its side by at least m / 2."""
+    rng = np.random.default_rng(4)
+    H = rng.normal(size=(50, 6))
+    W = rng.normal(size=(5, 6)) / np.sqrt(6)
+    b = np.zeros(5)
+    Z = H @ W.T + b
+    m = 0.05
+    for q in (0.1, 0.5, 0.9):
+        solution = solve_layer(H, W, b, weight_bound=2.0, bias_bound=3.0, margin=m, target_active=q, n_jobs=1)
+        Z_new = H @ (W + solution.delta_weight).T + (b + solution.delta_bias)
+        count = math.ceil(q * 50)
+        for j in range(5):
+            active = np.zeros(50, dtype=bool)
+            active[np.argsort(-Z[:, j], kind="stable")[:count]] = True
+            assert (Z_new[active, j] >= m / 2).all() and (Z_new[~active, j] <= -m / 2).all()
+        assert ((Z_new > 0).sum(axis=0) == count).all()
+
+
+def test_quantile_bias_gives_the_lp_targets_zero_fraction_with_the_weights_untouched(mnist_train):
+    images, _ = mnist_train
+    batch = images[:50]
+    torch.manual_seed(9)
+    model = mlp([784, 16, 8, 10])
+    weights = {n: m.weight.clone() for n, m in linear_layers(model).items()}
+    result = quantile_bias_(model, batch, 0.7)
+    assert all(torch.equal(weights[n], m.weight) for n, m in linear_layers(model).items())
+    x = batch.flatten(1)
+    with torch.no_grad():
+        z1 = model.fc1(x)
+        z2 = model.fc2(torch.relu(z1))
+    for z in (z1, z2):  # 35 of 50 samples active, unit by unit: a literal count
+        assert ((z > 0).sum(0) == 35).all()
+    assert [change.name for change, _ in result.layers] == ["fc1", "fc2"]
+
+
+def test_quantile_thresholds_against_a_sorted_list():
+    Z = np.array([[3.0, -1.0], [1.0, 5.0], [2.0, 0.0], [0.0, 2.0]])
+    np.testing.assert_allclose(quantile_thresholds(Z, 0.5), [1.5, 1.0])  # 2 of 4 above
+    np.testing.assert_allclose(quantile_thresholds(Z, 0.2), [2.5, 3.5])  # ceil(0.8) = 1 above
+
+
+@pytest.mark.parametrize("rescale", [None, "unit"])
+def test_bias_shift_matches_the_zero_fraction_of_each_layer(rescale, mnist_train):
+    images, _ = mnist_train
+    batch = images[:50]
+    torch.manual_seed(10)
+    model = mlp([784, 16, 8, 10])
+    result = bias_shift_(model, batch, [0.2, 0.9], rescale=rescale)
+    fractions = [change.zeros_after / change.elements for change, _ in result.layers]
+    assert fractions == pytest.approx([0.2, 0.9], abs=1 / 400)
+    for change, _ in result.layers:
+        if rescale:  # each layer's scale as it was at the start, whatever the earlier layers did
+            assert change.after.rms == pytest.approx(change.start.rms, rel=1e-5)
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(target_active=0.5, exact=True), ValueError, "exact=True solves the plain LP"),
+        (dict(anchor="mean", exact=True), ValueError, "exact=True solves the plain LP"),
+        (dict(target_active=1.0), ValueError, r"target_active in \(0, 1\)"),
+        (dict(target_active=0.0), ValueError, r"target_active in \(0, 1\)"),
+        (dict(target_active="most"), TypeError, "target_active"),
+        (dict(target_active=0.5, l1=0.1), ValueError, "Drop l1"),
+        (dict(target_active=0.5, margin=0.0), ValueError, "margin > 0"),
+        (dict(l1=-0.1), ValueError, "l1"),
+        (dict(l1=float("nan")), ValueError, "l1"),
+        (dict(rescale="row"), ValueError, "'unit', 'layer'"),
+        (dict(anchor="median"), ValueError, "'mean'"),
+    ],
+)
+def test_invalid_option_combinations_leave_the_model_bit_identical(kwargs, error, message, mnist_train):
+    images, _ = mnist_train
+    torch.manual_seed(11)
+    model = mlp([784, 8, 10])
+    before = snapshot(model)
+    with pytest.raises(error, match=message):
+        lp_initialize(model, images[:16], n_jobs=1, **kwargs)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("q", [0.0, 1.0, -0.5, float("nan")])
+def test_quantile_bias_rejects_q_outside_the_open_interval(q, mnist_train):
+    images, _ = mnist_train
+    model = mlp([784, 8, 10])
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="q"):
+        quantile_bias_(model, images[:16], q)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_tiny_matrix_entries_are_not_a_solver_failure():
+    """HiGHS drops entries below 1e-9 with a warning (kWarning), which is no
+    reason to refuse the layer: here one column's mean (the anchor's row) is 3e-13."""
+    rng = np.random.default_rng(0)
+    H = np.abs(rng.normal(size=(30, 4)))
+    H[:, 0] = 0.0
+    H[0, 0] = 1e-11
+    W, b = rng.normal(size=(3, 4)), np.zeros(3)
+    for solver in SOLVERS:
+        solution = solve_layer(
+            H, W, b, weight_bound=0.1, bias_bound=0.1, margin=0.1, anchor=True, n_jobs=1, solver=solver
+        )
+        assert solution.status_counts() == {"optimal": 3}
+
+
+def test_rescale_holds_every_layers_start_scale_through_the_network(mnist_train):
+    """With activity targets that make most units active, the later layers'
+    inputs grow; rescaling holds each unit at the RMS it had at the start."""
+    images, _ = mnist_train
+    batch = images[:64]
+    torch.manual_seed(12)
+    start = mlp([784, 32, 16, 10], final_relu=True)
+    changed = mlp([784, 32, 16, 10], final_relu=True)
+    changed.load_state_dict(start.state_dict())
+    quantile_bias_(changed, batch, 0.9, rescale="unit")
+    x = batch.flatten(1)
+    with torch.no_grad():
+        h0, h1 = x, x
+        for name in ("fc1", "fc2", "fc3"):
+            z0, z1 = getattr(start, name)(h0), getattr(changed, name)(h1)
+            np.testing.assert_allclose(z1.pow(2).mean(0).sqrt(), z0.pow(2).mean(0).sqrt(), rtol=1e-4)
+            assert ((z1 > 0).sum(0) == 58).all()  # ceil(0.9 * 64) active, unit by unit
+            h0, h1 = torch.relu(z0), torch.relu(z1)
