@@ -131,14 +131,54 @@ def test_init_names_are_checked():
             inits.parse_init(bad)
 
 
-def test_well_posed_inits_fail_clearly_until_the_api_exists(monkeypatch):
+@pytest.mark.parametrize("name", ["lp_target@0.7", "quantile_bias@0.5"])
+def test_well_posed_inits_call_lpinit_on_the_he_draw(name):
+    """Oracle: lpinit called by hand on each He network, with the settings the names stand for."""
     import lpinit
 
-    monkeypatch.delattr(lpinit, "quantile_bias_", raising=False)
-    with pytest.raises(inits.LPInitUnavailable, match="needs lpinit >= the well-posed LP"):
-        inits.check_available("quantile_bias@0.5")
-    with pytest.raises(SystemExit):
-        parse_settings(["--preset", "quick", "--inits", "he,quantile_bias@0.5"])
+    widths = mlp_widths(1, 3, 3, 1)
+    x = sample_inputs(1, 48, 0)
+    stacked, info = inits.initialize(name, widths, [2, 5], x, lp_radius=3.0, lp_margin=0.1)
+    he = inits.draw("he", widths, [2, 5])
+    for i in range(2):
+        seq = he.to_sequential(i)
+        if name.startswith("lp_target"):
+            lpinit.lp_initialize(seq, x, radius=3.0, margin=0.1, target_active=0.7, rescale="unit", n_jobs=1)
+        else:
+            lpinit.quantile_bias_(seq, x, 0.5, rescale="unit")
+        for l, layer in enumerate(_linears(seq)):
+            assert torch.equal(stacked.weights[l][i], layer.weight.detach())
+            assert torch.equal(stacked.biases[l][i], layer.bias.detach())
+    assert info["lp_errors"] == 0
+
+
+@torch.no_grad()
+def test_quantile_bias_first_layer_is_active_on_its_quantile():
+    """Literal count: after quantile_bias@q each first-layer unit is active on ceil(q n) of the n inputs
+    (continuous inputs: no ties), whatever the rescaling does to its scale."""
+    x = sample_inputs(1, 50, 0)
+    model, _ = inits.initialize("quantile_bias@0.3", mlp_widths(1, 4, 2, 1), [0, 1, 2], x)
+    z = torch.baddbmm(model.biases[0].unsqueeze(2), model.weights[0], x.t().expand(3, -1, -1))
+    for s in range(3):
+        for j in range(4):
+            assert sum(float(z[s, j, i]) > 0 for i in range(50)) == 15
+
+
+def test_an_init_that_raises_keeps_the_he_draw_and_says_so(monkeypatch):
+    import lpinit
+
+    def refuse(*args, **kwargs):
+        raise ValueError("refused")
+
+    monkeypatch.setattr(lpinit, "quantile_bias_", refuse)
+    widths = mlp_widths(1, 2, 10, 1)
+    x = sample_inputs(1, 32, 0)
+    stacked, info = inits.initialize("quantile_bias@0.5", widths, [0, 1, 2], x)
+    he = inits.draw("he", widths, [0, 1, 2])
+    assert all(torch.equal(a, b) for a, b in zip(stacked.parameters(), he.parameters(), strict=True))
+    assert info["lp_errors"] == 3 and info["lp_error_details"][0] == {"seed": 0, "error": "refused"}
+    dead = int(measure.born_dead(measure.dead_units(he, x), 2).sum())
+    assert dead > 0 and info["lp_left_dead_reasons"] == {"error": dead}
 
 
 def test_lp_init_equals_lp_initialize_on_the_he_draw():
@@ -326,9 +366,9 @@ def test_summary_rates_and_bits(tmp_path):
                           "train_depths": (), "inits": ("he",), "init_seeds": 300})  # fmt: skip
     record_settings(s)
     runner.execute(s, progress=False)
-    from experiments.runner import read_runs
+    from experiments.ledger import read_lines
 
-    (row,) = summary.born_dead_rows(read_runs(s.results_dir / "runs.jsonl"))
+    (row,) = summary.born_dead_rows(read_lines(s.results_dir / "runs.jsonl"))
     model = inits.draw("he", mlp_widths(1, 2, 10, 1), list(range(300)))
     expected = int(measure.born_dead(measure.dead_units(model, sample_inputs(1, s.n_train, 0)), 2).sum())
     assert row["k"] == expected and row["n"] == 300
@@ -336,3 +376,24 @@ def test_summary_rates_and_bits(tmp_path):
     assert row["rate"] <= row["bound"] + 3 * math.sqrt(row["bound"] / 300)
     # born dead = some layer dead: at least the likeliest layer's rate, at most the sum of all
     assert max(row["dead_layer_fraction"]) <= row["rate"] <= sum(row["dead_layer_fraction"]) + 1e-12
+
+
+def test_headline_preset_plans_the_papers_cells_with_every_init(tmp_path):
+    s = resolve("collapse-headline", {"results_root": str(tmp_path)})
+    assert s.results_dir == tmp_path / "collapse-headline" and s.lp_radius == 3.0
+    cells, groups = runner.plan(s)
+    names = {"he", "default", "rai", "orthogonal", "lsuv", "lp@0.1", "lp@3"} | {
+        f"{kind}@{q}" for kind in ("lp_target", "quantile_bias") for q in (0.3, 0.5, 0.7)
+    }
+    assert {c.init for c in cells} == names and len(cells) == 2 * len(names)  # x1d and x2d
+    assert {(c.width, c.depth, c.count) for c in cells} == {(2, 10, 1000)}
+    # per task, the random inits trained in one batch and the LP family in another, random first
+    assert sorted(g.task for g in groups) == sorted([*TASKS, *TASKS])
+    lp = [inits.is_lp_family(g.inits[0]) for g in groups]
+    assert lp == sorted(lp) and all(
+        inits.is_lp_family(i) == f for g, f in zip(groups, lp, strict=True) for i in g.inits
+    )
+    for task in TASKS:
+        assert sorted(i for g in groups if g.task == task for i in g.inits) == sorted(names)
+    assert [inits.is_lp_family(c.init) for c in cells] == sorted(inits.is_lp_family(c.init) for c in cells)
+    assert {(g.width, g.depth) for g in groups} == {(2, 10)} and {c for g in groups for c in g.counts} == {200}

@@ -52,5 +52,17 @@ def test_cost_estimate_covers_the_plan(tmp_path):
         {"results_root": str(tmp_path), "tasks": ("abs",), "widths": (2,), "depths": (2, 4), "inits": ("he", "lp@0.5")},
     )
     text = estimate_cost(s)
-    assert "plan: 4 init cells, 1 train groups (2 train cells)" in text
+    assert "plan: 4 init cells, 2 train groups (2 train cells)" in text
     assert "total:" in text and "lp@0.5" in text
+
+
+def test_headline_cells_get_the_rates_figure_and_no_depth_plot(tmp_path):
+    """A folder with one depth (as collapse-headline): rates per init instead of curves against depth."""
+    args = ["--preset", "quick", "--results-root", str(tmp_path), "--tasks", "abs", "--widths", "2",
+            "--depths", "10", "--train-depths", "10", "--inits", "he,rai", "--init-seeds", "20",
+            "--train-seeds", "4", "--steps", "3"]  # fmt: skip
+    assert main(args) == 0
+    folder = tmp_path / "quick"
+    report = (folder / "report.md").read_text()
+    assert (folder / "rates_headline.png").is_file() and not (folder / "born_dead_vs_depth_x1d.png").exists()
+    assert "![rates_headline](rates_headline.png)" in report and "The safe region needs several depths" in report

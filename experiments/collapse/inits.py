@@ -26,7 +26,6 @@ unbatched ``nn.Sequential`` (unstack, initialize, restack) and cost HiGHS time.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -38,12 +37,7 @@ from experiments.collapse.stacked import StackedMLP
 
 BASE_INITS = ("he", "default", "rai", "orthogonal", "lsuv")
 LP_INITS = ("lp", "lp_target", "quantile_bias")
-WELL_POSED_INITS = ("lp_target", "quantile_bias")  # need the API of the well-posed-LP issue
 MAX_DETAILS = 25
-
-
-class LPInitUnavailable(RuntimeError):
-    """The installed lpinit lacks an API this init needs."""
 
 
 def parse_init(name: str) -> tuple[str, float | None]:
@@ -69,28 +63,6 @@ def parse_init(name: str) -> tuple[str, float | None]:
 
 def is_lp_family(name: str) -> bool:
     return parse_init(name)[0] in LP_INITS
-
-
-def check_available(name: str) -> None:
-    """Raise ``LPInitUnavailable`` if ``name`` needs an lpinit API not installed."""
-    base, _ = parse_init(name)
-    if base not in WELL_POSED_INITS:
-        return
-    import lpinit
-
-    if base == "lp_target":
-        from lpinit import lp_initialize
-
-        has = {"target_active", "rescale"} <= set(inspect.signature(lp_initialize).parameters)
-        what = "lp_initialize(..., target_active=q, rescale='unit')"
-    else:
-        has = hasattr(lpinit, "quantile_bias_")
-        what = "lpinit.quantile_bias_(model, batch, q, rescale='unit')"
-    if not has:
-        raise LPInitUnavailable(
-            f"Init {name!r} needs lpinit >= the well-posed LP (issue 10), which adds {what}; the installed "
-            "lpinit does not have it yet. Leave it out of --inits until that change is merged."
-        )
 
 
 # ------------------------------------------------------------ per-seed draws
@@ -182,6 +154,7 @@ class LPOutcome:
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)  # seeds the LP left born dead, with the reason
     status_counts: dict[str, int] = field(default_factory=dict)
+    errors: list[dict] = field(default_factory=list)  # seeds where the init raised (the He draw is kept)
 
 
 def _lp_one(name: str, base: str, value: float, model: nn.Sequential, x: torch.Tensor, radius: float, margin: float):
@@ -208,14 +181,20 @@ def apply_lp(
 
     from experiments.collapse.measure import dead_units
 
-    check_available(name)
     base, value = parse_init(name)
     assert value is not None
     t0 = time.perf_counter()
     nets, outcome = [], LPOutcome()
     for i, seed in enumerate(seeds):
         net = model.to_sequential(i)
-        report = _lp_one(name, base, value, net, x, radius, margin)
+        try:
+            report = _lp_one(name, base, value, net, x, radius, margin)
+        except ValueError as err:
+            # lp_initialize refuses some inputs (target_active on a layer whose pre-activations are
+            # constant on the batch: an earlier layer it left dead); it then leaves the model as it
+            # was, so this network keeps its He draw, and the record says so.
+            outcome.errors.append({"seed": seed, "error": str(err)[:300]})
+            report = None
         for status, count in (getattr(report, "status_counts", lambda: {})() or {}).items():
             outcome.status_counts[status] = outcome.status_counts.get(status, 0) + count
         nets.append(net)
@@ -231,16 +210,24 @@ def apply_lp(
 def _why_dead(seed, before: StackedMLP, after: StackedMLP, x, dead, width, report) -> dict:
     """Why network ``seed`` is still born dead after the LP: the first dead layer
     had a nonzero input, so its own LP box (or solver) could not lift any
-    pre-activation above zero; every later LP got an all-zero input."""
+    pre-activation above zero ("box", "solver"; "ties" for ``quantile_bias_``,
+    whose threshold then fell between tied values); every later layer got an
+    all-zero input. "error": the init raised and the network kept its He draw."""
     first = int((dead == width).nonzero()[0])
     _, hidden = after.forward(x, hidden=True)
     h_in = x.t() if first == 0 else hidden[first - 1][0]
     z_before = before.weights[first][0] @ h_in + before.biases[first][0][:, None]
     z_after = after.weights[first][0] @ h_in + after.biases[first][0][:, None]
-    layers = getattr(report, "layers", None) or []
-    info = layers[first] if first < len(layers) else None
+    if report is None:
+        return {"seed": seed, "first_dead_layer": first + 1, "reason": "error", "zero_input_layers": 0,
+                "zero_bias_box_layers": 0, "max_preact_after": float("nan")}  # fmt: skip
+    layers = list(report.layers)
+    closed_form = bool(layers) and isinstance(layers[0], tuple)  # quantile_bias_: (LayerChange, thresholds) per layer
+    info = None if closed_form or first >= len(layers) else layers[first]
     statuses = dict(getattr(info, "status_counts", {}) or {})
-    reason = "solver" if any(k != "optimal" and v for k, v in statuses.items()) else "box"
+    unsolved = any(k != "optimal" and v for k, v in statuses.items())
+    # quantile_bias_: a threshold between tied values of H w leaves no pre-activation above it
+    reason = "ties" if closed_form else ("solver" if unsolved else "box")
     later = [l for i, l in enumerate(layers) if i > first]
     return {
         "seed": seed,
@@ -270,7 +257,6 @@ def initialize(
     """Init ``name`` for every seed, stacked; returns the model and a JSON-ready
     dict of what the init did (empty for random inits)."""
     base, _ = parse_init(name)
-    check_available(name)
     x = x.to(dtype)
     if base in LP_INITS:
         he = draw("he", widths, seeds, dtype)
@@ -278,12 +264,17 @@ def initialize(
         reasons: dict[str, int] = {}
         for failure in outcome.failures:
             reasons[failure["reason"]] = reasons.get(failure["reason"], 0) + 1
-        return model, {
-            "lp_seconds": round(outcome.seconds, 3),
-            "lp_status_counts": outcome.status_counts,
-            "lp_left_dead_reasons": reasons,
-            "lp_left_dead": outcome.failures[:MAX_DETAILS],  # the first few in full, to keep records small
-        }
+        return (
+            model,
+            {
+                "lp_seconds": round(outcome.seconds, 3),
+                "lp_status_counts": outcome.status_counts,
+                "lp_left_dead_reasons": reasons,
+                "lp_left_dead": outcome.failures[:MAX_DETAILS],  # the first few in full, to keep records small
+                "lp_errors": len(outcome.errors),
+                "lp_error_details": outcome.errors[:MAX_DETAILS],
+            },
+        )
     model = draw(base, widths, seeds, dtype)
     if base == "lsuv":
         lsuv_rescale_(model, x)

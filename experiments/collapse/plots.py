@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.collapse.summary import init_sort_key
+from experiments.collapse.tasks import TASKS
 from experiments.collapse.theory import born_dead_bound
 
 # Fixed colours, so an init looks the same in every figure.
@@ -143,6 +144,32 @@ def dead_units_per_layer(rows: list[dict], task: str, width: int, depth: int, pa
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def rates_at(bd_rows: list[dict], cl_rows: list[dict], width: int, depth: int, path: Path) -> Path:
+    """Born dead at init (squares) and collapsed after training (dots) per init,
+    with Wilson 95% intervals, one panel per trained task at (width, depth); the
+    dashed line is the symmetric-init bound 1 - (1 - 2^-N)^L."""
+    cl = [r for r in cl_rows if (r["width"], r["depth"]) == (width, depth)]
+    tasks = list(dict.fromkeys(r["task"] for r in cl))
+    bd = {(r["inputs"], r["init"]): r for r in bd_rows if (r["width"], r["depth"]) == (width, depth)}
+    fig, axes = _grid(len(tasks))
+    for ax, task in zip(axes, tasks, strict=True):
+        rows = sorted((r for r in cl if r["task"] == task), key=lambda r: init_sort_key(r["init"]))
+        colors = _colors([r["init"] for r in rows])
+        for i, r in enumerate(rows):
+            b = bd.get((TASKS[task].input_set, r["init"]))
+            for offset, row, marker in ((-0.15, b, "s"), (0.15, r, "o")):
+                if row is None:
+                    continue
+                err = [[row["rate"] - row["ci_low"]], [row["ci_high"] - row["rate"]]]
+                ax.errorbar(i + offset, row["rate"], yerr=err, fmt=marker, ms=4, color=colors[r["init"]], capsize=2)
+        ax.axhline(born_dead_bound([width] * depth), color="k", ls="--", lw=1)
+        ax.set_xticks(range(len(rows)), [r["init"] for r in rows], rotation=45, ha="right", fontsize=7)
+        ax.set(title=f"{task}, width {width}, L={depth}", ylabel="rate (square: born dead, dot: collapsed)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3, axis="y")
     return _save(fig, path)
 
 

@@ -33,7 +33,7 @@ from experiments.collapse.summary import (
 )
 from experiments.collapse.tasks import TASKS, get_task
 from experiments.collapse.theory import bound_safe_depth, safe_depth
-from experiments.runner import read_runs
+from experiments.ledger import read_lines
 
 HEADLINE_WIDTH, HEADLINE_DEPTH = 2, 10
 SYMMETRIC = ("he", "default", "orthogonal", "lsuv")
@@ -110,6 +110,21 @@ def _safe_table(bd_rows: list[dict]) -> list[str]:
     return lines
 
 
+def _safe_section(bd_rows: list[dict]) -> list[str]:
+    if len({r["depth"] for r in bd_rows}) < 2:
+        return ["(The safe region needs several depths: see the full study, presets collapse and collapse-lp.)", ""]
+    return [
+        "### Safe region: the largest depth whose born-dead rate (and every shallower one's) is under 10% / 1%",
+        "",
+        "Each cell: safe depth at 10% / at 1% from the measured rates (in brackets: from their Wilson upper ends, "
+        "the conservative reading); `<2`: already the shallowest measured depth fails, `≥20`: the deepest passes; "
+        "`bound`: the same from 1 - (1 - 2^-N)^L.",
+        "",
+        *_safe_table(bd_rows),
+        "",
+    ]
+
+
 def _bound_check(bd_rows: list[dict]) -> str:
     sym = [r for r in bd_rows if r["init"] in SYMMETRIC]
     if not sym:
@@ -130,18 +145,16 @@ def _bound_check(bd_rows: list[dict]) -> str:
     he = sorted((r for r in sym if r["init"] == "he" and r["width"] == HEADLINE_WIDTH), key=lambda r: r["depth"])
     for inputs in sorted({r["inputs"] for r in he}):
         rs = [r for r in he if r["inputs"] == inputs]
+        shown = list({r["depth"]: r for r in (rs[0], rs[len(rs) // 2], rs[-1])}.values())
         text += (
             f" He at width {HEADLINE_WIDTH} on the {inputs} inputs reaches "
-            + ", ".join(
-                f"{r['rate'] / r['bound']:.2f} of the bound at L={r['depth']}"
-                for r in (rs[0], rs[len(rs) // 2], rs[-1])
-            )
+            + ", ".join(f"{r['rate'] / r['bound']:.2f} of the bound at L={r['depth']}" for r in shown)
             + "."
         )
     if he:
         text += (
-            " The bound is the chance of a dead layer at one input; being dead at every training input is rarer, "
-            "and the gap closes with depth."
+            " The bound is the chance of a dead layer at one input; a layer dead at every training input is rarer "
+            "(with zero biases, a first layer fed inputs of both signs is never dead)."
         )
     return text
 
@@ -216,7 +229,10 @@ def _lp_answers(bd_rows: list[dict], cl_rows: list[dict], records: list[dict]) -
                 f"- **When the LP cannot revive a layer:** {stayed} He-born-dead networks stayed born dead after an "
                 f"LP-family init and {newly} networks alive under He were left born dead (first dead layer's cause: "
                 f"{dict(reasons)}; 'box' = that layer had a nonzero input and optimal LPs, but the box on its weights "
-                "and bias could not lift any pre-activation above zero on any input, 'solver' = some LP not solved)."
+                "and bias could not lift any pre-activation above zero on any input, 'solver' = some LP of that "
+                "layer not solved to optimality (statuses of the detailed ones: "
+                f"{_status_tally(details)}), 'ties' = quantile_bias_'s threshold fell between tied values of H w, "
+                "'error' = the init raised and the network kept its He draw)."
                 + (
                     f" In the {len(details)} of them detailed in runs.jsonl, the largest pre-activation of the first "
                     f"dead layer after the LP has median {np.median(gap):.3g} (below zero: the box was too small), and "
@@ -228,7 +244,23 @@ def _lp_answers(bd_rows: list[dict], cl_rows: list[dict], records: list[dict]) -
             )
         else:
             out.append("- **When the LP cannot revive a layer:** it never happened in these cells.")
+        for init in sorted({r["init"] for r in lp_bd}, key=init_sort_key):
+            rs = [r for r in lp_bd if r["init"] == init]
+            count, examples = sum(r["lp_errors"] for r in rs), [e for r in rs for e in r["lp_error_details"]]
+            if count:
+                out.append(
+                    f"- **{init} raised** on {count} of {sum(r['n'] for r in rs)} networks, which then keep their He "
+                    "draw; " + (f'e.g. seed {examples[0]["seed"]}: "{examples[0]["error"]}"' if examples else "")
+                )
     return out
+
+
+def _status_tally(details: list[dict]) -> dict[str, int]:
+    tally: dict[str, int] = defaultdict(int)
+    for d in details:
+        for status, count in (d.get("statuses") or {}).items():
+            tally[status] += count
+    return dict(sorted(tally.items()))
 
 
 def _answers(bd_rows, cl_rows, records) -> list[str]:
@@ -332,7 +364,7 @@ def build_report(folder: Path) -> str:
     """Summarize ``folder`` into summary.csv, plots and report.md; return the report text."""
     folder = Path(folder)
     settings = load_settings(folder)
-    records = read_runs(folder / "runs.jsonl")
+    records = read_lines(folder / "runs.jsonl")
     bd_rows, cl_rows = born_dead_rows(records), collapse_rows(records)
     if not bd_rows and not cl_rows:
         text = f"# Born dead and collapse\n\nNo finished cells in {folder} yet.\n"
@@ -341,7 +373,8 @@ def build_report(folder: Path) -> str:
     write_summary_csv(bd_rows, cl_rows, folder / "summary.csv")
     figures = []
     for inputs in sorted({r["inputs"] for r in bd_rows}):
-        figures.append(plots.born_dead_vs_depth(bd_rows, inputs, folder / f"born_dead_vs_depth_{inputs}.png"))
+        if len({r["depth"] for r in bd_rows if r["inputs"] == inputs}) > 1:
+            figures.append(plots.born_dead_vs_depth(bd_rows, inputs, folder / f"born_dead_vs_depth_{inputs}.png"))
     for task in [t for t in TASKS if any(r["task"] == t for r in cl_rows)]:
         if len({r["depth"] for r in cl_rows if r["task"] == task}) > 1:
             figures.append(plots.collapse_vs_depth(cl_rows, task, folder / f"collapse_vs_depth_{task}.png"))
@@ -349,6 +382,7 @@ def build_report(folder: Path) -> str:
     for (task, width, depth, init), rs in cells(records, "train").items():
         mse_values[(task, width, depth)][init] = [v for r in rs for v in r["test_mse"]]
     if any((t, HEADLINE_WIDTH, HEADLINE_DEPTH) in mse_values for t in TASKS):
+        figures.append(plots.rates_at(bd_rows, cl_rows, HEADLINE_WIDTH, HEADLINE_DEPTH, folder / "rates_headline.png"))
         figures.append(
             plots.mse_at(cl_rows, mse_values, HEADLINE_WIDTH, HEADLINE_DEPTH, folder / "test_mse_headline.png")
         )
@@ -400,19 +434,12 @@ def build_report(folder: Path) -> str:
         "Dashed: 1 - (1 - 2^-N)^L, the probability that some hidden layer is zero at one fixed input when weights and "
         "biases are symmetric (theory.py); an upper bound on being born dead on a set of inputs.",
         "",
-        *[f"![{p.stem}]({_rel(p, folder)})" for p in figures if p.stem.startswith("born_dead")],
+        *[f"![{p.stem}]({_rel(p, folder)})" for p in figures if p.stem.startswith(("born_dead", "rates"))],
         "",
-        "### Safe region: the largest depth whose born-dead rate (and every shallower one's) is under 10% / 1%",
-        "",
-        "Each cell: safe depth at 10% / at 1% from the measured rates (in brackets: from their Wilson upper ends, "
-        "the conservative reading); `<2`: already the shallowest measured depth fails, `≥20`: the deepest passes; "
-        "`bound`: the same from 1 - (1 - 2^-N)^L.",
-        "",
-        *_safe_table(bd_rows),
-        "",
+        *_safe_section(bd_rows),
         "## Collapse after training",
         "",
-        *[f"![{p.stem}]({_rel(p, folder)})" for p in figures if not p.stem.startswith("born_dead")],
+        *[f"![{p.stem}]({_rel(p, folder)})" for p in figures if not p.stem.startswith(("born_dead", "rates"))],
         "",
         "## Files",
         "",

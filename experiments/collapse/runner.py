@@ -1,17 +1,18 @@
 """Plan and run the study's cells, resumably.
 
 Two kinds of work, each written as records (lines) of ``runs.jsonl`` through
-``experiments.runner.append_run`` (one atomic line per record):
+``experiments.ledger.append_line`` (one atomic line per record):
 
 - an **init cell** (inputs, width, depth, init, seed chunk): draw the networks,
   measure dead units and born dead on the training inputs; no training. The
   1-D tasks share their inputs, so they share these cells;
 - a **train cell** (task, width, depth, init, seed chunk): the same networks
-  measured at init, trained, measured again. All inits of a (task, width,
-  depth, seed chunk) are trained together in one batched model, then written as
-  one record per init.
+  measured at init, trained, measured again. All random inits of a (task,
+  width, depth, seed chunk) are trained together in one batched model, and all
+  LP-family inits in another, then written as one record per init.
 
-Seed chunks start at ``first_seed + k * chunk`` (chunk = 1000 seeds for init
+The random inits' cells (init cells, then train groups) run before the LP
+family's, which cost HiGHS time per seed. Seed chunks start at ``first_seed + k * chunk`` (chunk = 1000 seeds for init
 cells, 200 for train cells), so adding seeds later only adds chunks. A rerun
 skips every record already in runs.jsonl; a run killed mid-way loses only the
 group in progress.
@@ -40,7 +41,7 @@ from experiments.collapse.settings import CollapseSettings, lp_depths, seeds_for
 from experiments.collapse.stacked import StackedMLP, mlp_widths
 from experiments.collapse.tasks import TASKS, get_task, input_set_dims, sample_inputs, task_data
 from experiments.collapse.train import train_stacked
-from experiments.runner import append_run, read_runs
+from experiments.ledger import append_line, read_lines
 
 INIT_CHUNK = 1000
 TRAIN_CHUNK = 200
@@ -101,18 +102,30 @@ def plan(s: CollapseSettings, done: set[str] | None = None) -> tuple[list[InitCe
     for task in s.tasks:
         for width in s.train_widths:
             for depth in s.depths if width in s.dense_train_widths else s.train_depths:
-                by_start: dict[int, list[tuple[str, int]]] = {}
+                by_start: dict[tuple[bool, int], list[tuple[str, int]]] = {}
                 for init in s.inits:
                     if not _runs_here(s, init, depth):
                         continue
+                    lp = collapse_inits.is_lp_family(init)
                     for start, count in _chunks(s.first_seed, seeds_for(s, init, "train"), TRAIN_CHUNK):
                         if f"train/{task}/N{width}/L{depth}/{init}/s{start}+{count}" not in done:
-                            by_start.setdefault(start, []).append((init, count))
-                for start, pending in sorted(by_start.items()):
+                            by_start.setdefault((lp, start), []).append((init, count))
+                for (_, start), pending in sorted(by_start.items()):
                     names, counts = zip(*pending, strict=True)
                     groups.append(TrainGroup(task, width, depth, tuple(names), tuple(counts), start))
-    # Narrow and shallow first: the cheap cells, the paper's headline among them, finish early.
-    groups.sort(key=lambda g: (g.width, g.depth, list(TASKS).index(g.task), g.start))
+    # The random inits before the LP family (which costs HiGHS time per seed), and narrow and shallow
+    # first: the cheap cells, the paper's headline among them, finish early. Seeds never mix, so how
+    # networks are grouped changes no result.
+    cells.sort(key=lambda c: collapse_inits.is_lp_family(c.init))
+    groups.sort(
+        key=lambda g: (
+            collapse_inits.is_lp_family(g.inits[0]),
+            g.width,
+            g.depth,
+            list(TASKS).index(g.task),
+            g.start,
+        )
+    )
     return [c for c in cells if c.key not in done], groups
 
 
@@ -217,22 +230,23 @@ def execute(s: CollapseSettings, progress: bool = True) -> int:
 
     torch.set_num_threads(s.threads)
     path = s.results_dir / "runs.jsonl"
-    done = {r["key"] for r in read_runs(path)}
+    done = {r["key"] for r in read_lines(path)}
     cells, groups = plan(s, done)
     written = 0
     bar = tqdm(total=len(cells) + len(groups), desc="cells", unit="cell", disable=not progress)
     try:
-        for cell in cells:
-            bar.set_postfix_str(cell.key)
-            append_run(path, run_init_cell(cell, s))
-            written += 1
-            bar.update()
-        for group in groups:
-            bar.set_postfix_str(f"train/{group.task}/N{group.width}/L{group.depth} x{len(group.inits)} inits")
-            for record in run_train_group(group, s):
-                append_run(path, record)
+        for lp in (False, True):  # every cell of the random inits first: they cost no LPs
+            for cell in (c for c in cells if collapse_inits.is_lp_family(c.init) == lp):
+                bar.set_postfix_str(cell.key)
+                append_line(path, run_init_cell(cell, s))
                 written += 1
-            bar.update()
+                bar.update()
+            for group in (g for g in groups if collapse_inits.is_lp_family(g.inits[0]) == lp):
+                bar.set_postfix_str(f"train/{group.task}/N{group.width}/L{group.depth} x{len(group.inits)} inits")
+                for record in run_train_group(group, s):
+                    append_line(path, record)
+                    written += 1
+                bar.update()
     finally:
         bar.close()
     return written

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.collapse.inits import LPInitUnavailable, check_available, is_lp_family, parse_init
+from experiments.collapse.inits import is_lp_family, parse_init
 from experiments.collapse.tasks import TASKS
 
 DEFAULT_RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
@@ -25,13 +25,15 @@ LP_FAMILY = (
     "lp@0.1",
     "lp@0.5",
     "lp@1",
-    "lp_target@0.25",
+    "lp@3",
+    "lp_target@0.3",
     "lp_target@0.5",
-    "lp_target@0.75",
-    "quantile_bias@0.25",
+    "lp_target@0.7",
+    "quantile_bias@0.3",
     "quantile_bias@0.5",
-    "quantile_bias@0.75",
+    "quantile_bias@0.7",
 )
+HEADLINE_INITS = (*BASE_INITS, "lp@0.1", "lp@3", *LP_FAMILY[4:])
 _ALL_DEPTHS = tuple(range(2, 21))
 _SPARSE_DEPTHS = (2, 5, 10, 15, 20)
 MAX_WIDTH = 35  # dead-unit counts are stored as one base-36 digit per layer
@@ -45,8 +47,13 @@ def _help(text: str, default, **kwargs):
 class CollapseSettings:
     """Everything that defines one born-dead / collapse study (see ``PRESETS``)."""
 
-    preset: str = _help("named starting point: quick | collapse | collapse-lp; flags override it", "quick")
-    name: str = _help("results folder under --results-root (default: 'collapse' for the collapse presets)", "")
+    preset: str = _help(
+        "named starting point: quick | collapse | collapse-lp | collapse-headline; flags override it", "quick"
+    )
+    name: str = _help(
+        "results folder under --results-root (default: 'collapse' for collapse and collapse-lp, else the preset)",
+        "",
+    )
     results_root: str = _help("folder holding one sub-folder of results per name", str(DEFAULT_RESULTS_ROOT))
     tasks: tuple[str, ...] = _help(f"comma-separated tasks: {', '.join(TASKS)}", tuple(TASKS))
     widths: tuple[int, ...] = _help("hidden widths N (every hidden layer has N units)", (2, 3, 4, 5, 10))
@@ -76,14 +83,17 @@ class CollapseSettings:
     collapse_tol: float = _help(
         "output spread (std f / std y) at or below which a trained net counts as constant", 1e-3
     )
-    lp_radius: float = _help("radius for lp_target@q (lp@<radius> names its own)", 0.1)
+    lp_radius: float = _help(
+        "radius for lp_target@q (lp@<radius> names its own); 3, as the harness's dose study: a target needs room",
+        3.0,
+    )
     lp_margin: float = _help("margin passed to lp_initialize", 0.1)
     chunk_seeds: int = _help("most networks trained in one batched model (cache and memory)", 250)
     threads: int = _help("torch CPU threads", 1)
 
     def __post_init__(self):
         if not self.name:
-            self.name = "quick" if self.preset == "quick" else "collapse"
+            self.name = "collapse" if self.preset in ("collapse", "collapse-lp") else self.preset
 
     @property
     def results_dir(self) -> Path:
@@ -125,6 +135,9 @@ PRESETS: dict[str, dict] = {
         train_depths=_SPARSE_DEPTHS,
         lp_depths=_SPARSE_DEPTHS,
     ),
+    # The paper's headline cells only, every init, into their own folder: width 2, 10 hidden layers,
+    # on the three 1-D tasks and the 2-D target.
+    "collapse-headline": dict(inits=HEADLINE_INITS, widths=(2,), depths=(10,), train_widths=(2,), train_depths=(10,)),
 }
 
 
@@ -178,7 +191,7 @@ def parse_settings(argv: list[str] | None = None) -> CollapseSettings:
     preset = args.pop("preset") or "quick"
     try:
         return resolve(preset, args)
-    except (ValueError, LPInitUnavailable) as err:
+    except ValueError as err:
         build_parser().error(str(err))
 
 
@@ -188,7 +201,6 @@ def validate(s: CollapseSettings) -> None:
             raise ValueError(f"Unknown task {task!r}. Valid tasks: {', '.join(TASKS)}.")
     for name in s.inits:
         parse_init(name)
-        check_available(name)
     for key in ("widths", "depths", "train_widths", "train_depths", "lp_depths", "dense_train_widths"):
         values = getattr(s, key)
         if any(v < 1 for v in values):

@@ -92,6 +92,8 @@ def born_dead_rows(records: list[dict]) -> list[dict]:
                 reasons=dict(sorted(reasons.items())),
                 lp_seconds=float(sum(r.get("lp_seconds", 0.0) for r in rs)),
                 left_dead_details=[f for r in rs for f in r.get("lp_left_dead", [])],
+                lp_errors=int(sum(r.get("lp_errors", 0) for r in rs)),
+                lp_error_details=[e for r in rs for e in r.get("lp_error_details", [])],
             )
         rows.append(row)
     return sorted(rows, key=lambda r: (r["inputs"], r["width"], r["depth"], init_sort_key(r["init"])))
