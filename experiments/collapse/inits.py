@@ -13,7 +13,8 @@ same whatever batch it is drawn in. The draws repeat, call for call, those of
 - ``orthogonal``: ``orthogonal_`` weights, zero biases;
 - ``lsuv``: orthogonal, then each layer rescaled to unit pre-activation
   variance on the training inputs (``experiments.inits.lsuv_``, batched);
-- ``lp@<radius>``: ``lpinit.lp_initialize(radius, margin)`` on the ``he`` draw;
+- ``lp@<radius>``: the plain LP, ``lpinit.lp_initialize(radius, margin,
+  rescale=None, target_active=None)`` on the ``he`` draw;
 - ``lp_target@<q>``: ``lp_initialize(radius, margin, target_active=q,
   rescale="unit")`` on the ``he`` draw;
 - ``quantile_bias@<q>``: ``lpinit.quantile_bias_(q, rescale="unit")`` on the
@@ -160,12 +161,12 @@ class LPOutcome:
 def _lp_one(name: str, base: str, value: float, model: nn.Sequential, x: torch.Tensor, radius: float, margin: float):
     import lpinit
 
+    # every LP option passed, so that a name keeps its meaning whatever lp_initialize's defaults are
+    options = dict(margin=margin, anchor=None, l1=0.0, n_jobs=1, progress=False)
     if base == "lp":
-        return lpinit.lp_initialize(model, x, radius=value, margin=margin, n_jobs=1, progress=False)
+        return lpinit.lp_initialize(model, x, radius=value, rescale=None, target_active=None, **options)
     if base == "lp_target":
-        return lpinit.lp_initialize(
-            model, x, radius=radius, margin=margin, target_active=value, rescale="unit", n_jobs=1, progress=False
-        )
+        return lpinit.lp_initialize(model, x, radius=radius, rescale="unit", target_active=value, **options)
     if base == "quantile_bias":
         return lpinit.quantile_bias_(model, x, value, rescale="unit")
     raise ValueError(f"Unhandled LP-family init {name!r}.")
