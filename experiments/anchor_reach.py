@@ -40,7 +40,17 @@ def measure(batch_size: int, radius: float, seed: int, n_jobs: int | None) -> di
     assert splits.heldout_x is not None
     before = {"batch": count_relu_zeros(model, batch), "heldout": count_relu_zeros(model, splits.heldout_x)}
     began = time.perf_counter()
-    report = lp_initialize(model, batch, radius=radius, margin=0.1, anchor="mean", n_jobs=n_jobs, progress=True)
+    report = lp_initialize(
+        model,
+        batch,
+        radius=radius,
+        margin=0.1,
+        anchor="mean",
+        n_jobs=n_jobs,
+        progress=True,
+        rescale=None,
+        target_active=None,
+    )
     seconds = time.perf_counter() - began
     after = {"batch": count_relu_zeros(model, batch), "heldout": count_relu_zeros(model, splits.heldout_x)}
     cell: dict = {"batch_size": batch_size, "radius": radius, "seed": seed, "lp_seconds": seconds}

@@ -68,7 +68,7 @@ from torch import nn
 
 import lpinit.initialize
 from lpinit import cnn, load_mnist, lp_initialize, seed_mlp
-from lpinit.initialize import DEFAULT_MAX_ROWS
+from lpinit.initialize import DEFAULT_MAX_ROWS, DEFAULTS, PLAIN_LP
 from lpinit.lp import highs as fast
 from lpinit.lp import solve_layer, stop_workers
 from lpinit.lp.problem import Formulation, ReducedLP
@@ -109,7 +109,13 @@ def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[f
     writes it. Returns seconds and objectives."""
     start = time.perf_counter()
     f = Formulation(
-        H.shape[1], weight_bound, bias_bound, margin, 0.0, options.get("anchor", False), options.get("target_active")
+        H.shape[1],
+        weight_bound,
+        bias_bound,
+        margin,
+        options.get("l1", 0.0),
+        options.get("anchor", False),
+        options.get("target_active"),
     )
     Z = H @ W.T + b
     active = f.active_rows(Z)
@@ -324,12 +330,15 @@ def main() -> None:
 # ---------------------------------------------------------------- the CNN
 
 CNN_VARIANTS: dict[str, dict[str, Any]] = {
-    "plain": {},
-    "anchor": dict(anchor="mean"),
-    "l1": dict(l1=0.01),
-    "target": dict(target_active=0.5),
+    "plain": PLAIN_LP,
+    "anchor": {**PLAIN_LP, "anchor": "mean"},
+    "l1": {**PLAIN_LP, "l1": 0.01},
+    "target": {**PLAIN_LP, "target_active": 0.5},
+    "defaults": {},
 }
-"""LP options timed on the CNN (``lp_initialize`` keywords)."""
+"""LP options timed on the CNN (``lp_initialize`` keywords): the LP as first
+posed (radius 0.1, margin 0.1), each option added to it, and lp_initialize's
+defaults."""
 
 
 def record_lps(model: nn.Module, batch: torch.Tensor, **options) -> list[tuple]:
@@ -354,31 +363,17 @@ def record_lps(model: nn.Module, batch: torch.Tensor, **options) -> list[tuple]:
 def naive_cvxpy_general(H, W, b, kwargs) -> tuple[float, np.ndarray]:
     """(i) for any LP option: a new cvxpy problem per unit, as
     ``lpinit.lp.problem`` writes it. Returns seconds and objectives."""
-    f = Formulation(
-        H.shape[1],
+    return naive_cvxpy(
+        H,
+        W,
+        b,
         kwargs["weight_bound"],
         kwargs["bias_bound"],
         kwargs["margin"],
-        kwargs["l1"],
-        kwargs["anchor"],
-        kwargs["target_active"],
+        l1=kwargs["l1"],
+        anchor=kwargs["anchor"],
+        target_active=kwargs["target_active"],
     )
-    Z = H @ W.T + b
-    active = f.active_rows(Z)
-    start = time.perf_counter()
-    objectives = []
-    for j in range(W.shape[0]):
-        sigma = np.where(active[:, j], 1.0, -1.0)
-        d, e, s = cp.Variable(H.shape[1]), cp.Variable(), cp.Variable(H.shape[0], nonneg=True)
-        constraints = [cp.multiply(sigma, Z[:, j] + H @ d + e) + s >= f.margin]
-        constraints += [cp.abs(d) <= f.weight_bound, cp.abs(e) <= f.bias_bound]
-        if f.anchor:
-            constraints.append(H.mean(axis=0) @ d + e == 0)
-        change = f.weight_cost() * cp.norm1(d) + f.bias_cost() * cp.abs(e)
-        problem = cp.Problem(cp.Minimize(f.shortfall_cost() * cp.sum(s) + change), constraints)
-        problem.solve(solver=cp.HIGHS)
-        objectives.append(problem.value if problem.status == cp.OPTIMAL else np.nan)
-    return time.perf_counter() - start, np.array(objectives)
 
 
 def time_cnn(batch: torch.Tensor, seed: int, repeats: int, **options) -> tuple[float, lpinit.initialize.LPInitReport]:
@@ -401,7 +396,8 @@ def main_cnn(args: argparse.Namespace) -> None:
     stop_workers()
     print(
         f"cnn() (default init, seed {args.seed}), {args.batch_size} MNIST training images, "
-        f"lp_initialize(model, batch) with max_rows={DEFAULT_MAX_ROWS} (the default), radius 0.1, margin 0.1"
+        f"lp_initialize(model, batch, **variant) with max_rows={DEFAULT_MAX_ROWS} (the default); variants: the "
+        f"plain LP {PLAIN_LP}, one option added to it, and the defaults {DEFAULTS}"
     )
     record: dict = dict(settings=vars(args))
     for variant in args.variants.split(","):
@@ -438,7 +434,7 @@ def main_cnn(args: argparse.Namespace) -> None:
     print("whole CNN against max_rows (plain LP; median of --repeats):")
     record["max_rows"] = []
     for value in (int(x) for x in args.max_rows_list.split(",")):
-        wall, report = time_cnn(batch, args.seed, args.repeats, max_rows=value)
+        wall, report = time_cnn(batch, args.seed, args.repeats, **PLAIN_LP, max_rows=value)
         conv1 = report.layers[0]
         print(
             f"  max_rows {value:6d}: {wall:6.2f} s; conv1's LPs {conv1.wall_time_s:6.2f} s "

@@ -77,6 +77,7 @@ def dose_sections(records: list[dict], folder: Path, n_boot: int) -> tuple[list[
     body += _dead_logits_table(runs)
     body += _scale_table(runs)
     body += _candidates(runs)
+    body += _good_starts(runs)
     return answer, body
 
 
@@ -100,9 +101,15 @@ def _answer(runs: list[DoseRun], points: list[DosePoint], pairs: list[dict], fit
                     relation = f", above the {zeros:.2f} of {fit.base} alone"
                 else:
                     relation = f", an interval that holds the {zeros:.2f} of {fit.base} alone"
+            edge = ""
+            if fit.best_zeros in (fit.grid[0], fit.grid[-1]):
+                edge = (
+                    f"; that is the edge of the zero fractions tried ({fit.grid[0]:.2f} to {fit.grid[-1]:.2f}): "
+                    "the fit still rises there, so the best dose may lie beyond"
+                )
             text.append(
                 f"{fit.base} + {fit.method.replace('_', ' ')}: the fitted accuracy peaks at "
-                f"{fit.best_zeros:.2f} zeros (95% CI [{fit.best_low:.2f}, {fit.best_high:.2f}]{relation})."
+                f"{fit.best_zeros:.2f} zeros (95% CI [{fit.best_low:.2f}, {fit.best_high:.2f}]{relation}{edge})."
             )
         cell = [p for p in pairs if p["arch"] == arch and p["lr"] == MAIN_LR]
         choice = [p for p in cell if p["against"] == "quantile_bias"]
@@ -224,40 +231,94 @@ def _scale_table(runs: list[DoseRun]) -> list[str]:
     return [*lines, ""]
 
 
-def _candidates(runs: list[DoseRun]) -> list[str]:
-    """LP settings without a dose (candidates for lp_initialize's defaults) against their own random start."""
+def _against_start(runs: list[DoseRun], init: str, start: str, arch: str) -> list[float]:
+    """Accuracy of ``init`` minus that of ``start`` (its bare base), per seed run with both, at lr 0.01."""
+    start_of = {r.seed: r.accuracy for r in runs if (r.init, r.arch, r.lr) == (start, arch, MAIN_LR)}
+    return [
+        r.accuracy - start_of[r.seed]
+        for r in runs
+        if (r.init, r.arch, r.lr) == (init, arch, MAIN_LR) and r.seed in start_of
+    ]
+
+
+def _good_starts(runs: list[DoseRun]) -> list[str]:
+    """lp_initialize's defaults applied to a good start (He, LSUV), against that start, paired over seeds."""
+    from experiments.settings import DEFAULT_LP
     from experiments.stats import paired_test
 
-    index = {(r.arch, r.lr, r.init, r.seed): r for r in runs}
     rows = []
-    for init in sorted({r.init for r in runs if r.method == "other"}):
+    for base in ("kaiming_normal", "lsuv"):
         for arch in sorted({r.arch for r in runs}):
-            mine = [r for r in runs if (r.init, r.arch, r.lr) == (init, arch, MAIN_LR)]
-            base = mine[0].base if mine else ""
-            diffs = [
-                r.accuracy - index[(arch, MAIN_LR, base, r.seed)].accuracy
-                for r in mine
-                if (arch, MAIN_LR, base, r.seed) in index
-            ]
+            diffs = _against_start(runs, f"{base}+{DEFAULT_LP}", base, arch)
             if diffs:
-                rows.append({"init": init, "arch": arch, "base": base, **paired_test(diffs)})
+                rows.append({"base": base, "arch": arch, **paired_test(diffs)})
+    if not rows:
+        return []
+    lines = [
+        "### Does the LP improve a good init?",
+        "",
+        f"`+{DEFAULT_LP}` (lp_initialize's defaults) applied to He (`kaiming_normal`) and LSUV starts, against "
+        "the same start without it at lr 0.01, paired over seeds: test accuracy, points.",
+        "",
+        "| base | arch | n | (base + LP) − base [95% CI] | t p | Wilcoxon p | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['base']} | {r['arch']} | {r['n']} | {_diff(r)} | {_p(r['t_p'])} | {_p(r['wilcoxon_p'])} | "
+            f"{_verdict(r)} |"
+        )
+    counts = {v: sum(_verdict(r) == v for r in rows) for v in ("better", "worse", "no difference")}
+    lines += [
+        "",
+        f"Better at {counts['better']}, worse at {counts['worse']}, no difference at {counts['no difference']} "
+        f"of {len(rows)} (base, arch) cells.",
+        "",
+    ]
+    return lines
+
+
+def _candidates(runs: list[DoseRun]) -> list[str]:
+    """Every LP setting from PyTorch's default start (the start lp_initialize
+    gets from ``nn.Linear``), against that start: candidates for its defaults."""
+    from experiments.settings import DEFAULT_LP
+    from experiments.stats import paired_test
+
+    rows = []
+    lp_inits = {r.init for r in runs if r.base == "default" and r.method in ("lp", "other") and "+lp(" in r.init}
+    for init in sorted(lp_inits):
+        for arch in sorted({r.arch for r in runs}):
+            diffs = _against_start(runs, init, "default", arch)
+            if diffs:
+                rows.append({"init": init, "arch": arch, **paired_test(diffs)})
     if not rows:
         return []
     lines = [
         "### Candidates for lp_initialize's defaults",
         "",
-        "Each against its own random start at lr 0.01 (paired over seeds); a safe default is not worse on "
-        "either architecture (CI not entirely below 0).",
+        "Every LP setting from PyTorch's default start, against that start at lr 0.01 (paired over seeds); a "
+        "safe default is not worse on either architecture (CI not entirely below 0).",
         "",
         "| init | arch | n | a − start [95% CI] | t p | verdict |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['init']} | {r['arch']} | {r['n']} | {_diff(r)} | {_p(r['t_p'])} | {_verdict(r)} |")
+    archs = sorted({r["arch"] for r in rows})
     safe = [
         init
         for init in sorted({r["init"] for r in rows})
-        if all(not (r["diff_ci_high"] < 0) for r in rows if r["init"] == init)
+        if {r["arch"] for r in rows if r["init"] == init} == set(archs)
+        and all(not (r["diff_ci_high"] < 0) for r in rows if r["init"] == init)
     ]
     lines += ["", f"Not worse than the start on any architecture: {', '.join(safe) if safe else 'none'}.", ""]
+    chosen = f"default+{DEFAULT_LP}"
+    of_defaults = [r for r in rows if r["init"] == chosen]
+    if of_defaults:
+        verdicts = "; ".join(f"{r['arch']} {_diff(r)} points (n={r['n']}, {_verdict(r)})" for r in of_defaults)
+        lines += [
+            f"lp_initialize's defaults are `{chosen}` (`lpinit.initialize.DEFAULTS`): against their own random "
+            f"start, {verdicts}; {'safe' if chosen in safe else 'NOT safe'} by this rule.",
+            "",
+        ]
     return lines

@@ -7,8 +7,10 @@
 Steps, applied in order after the base:
 
 - ``lp(radius=, margin=, rescale=, anchor=, l1=, target=)``: ``lp_initialize``
-  with those options (``target`` is ``target_active``); unset keys take
-  lp_initialize's defaults, the margin the harness's ``--lp-margin``.
+  with those options (``target`` is ``target_active``); an unset key is off
+  (radius 0.1, no rescaling, anchor, l1 term or target: the LP as first
+  posed, whatever lp_initialize's defaults are), the margin the harness's
+  ``--lp-margin``.
 - ``quantile_bias(q=, rescale=)``: ``lpinit.quantile_bias_``.
 - ``bias_shift(<lp keys>)``: the control of ``lp(<same keys>)``: one constant
   per layer, matching the per-layer zero fractions that LP reaches from the

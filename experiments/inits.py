@@ -178,12 +178,21 @@ def rai_(model: nn.Module, generator: torch.Generator) -> None:
 
 
 def lp_options(step: Step, default_margin: float) -> dict:
-    """``lp_initialize``'s keyword arguments for an ``lp(...)`` (or ``bias_shift(...)``) step."""
-    options: dict = {"radius": step.get("radius", 0.1), "margin": step.get("margin", default_margin)}
-    for key, argument in (("rescale", "rescale"), ("anchor", "anchor"), ("l1", "l1"), ("target", "target_active")):
-        if step.get(key) is not None:
-            options[argument] = step.get(key)
-    return options
+    """``lp_initialize``'s keyword arguments for an ``lp(...)`` (or ``bias_shift(...)``) step.
+
+    Every option is passed explicitly, an unset key meaning "off" (the LP as
+    first posed: radius 0.1, no rescaling, no anchor, no l1 term, no activity
+    target), so that a recorded name keeps its meaning when lp_initialize's
+    defaults change.
+    """
+    return {
+        "radius": step.number("radius", 0.1),
+        "margin": step.number("margin", default_margin),
+        "rescale": _rescale(step),
+        "anchor": None if step.get("anchor") is None else str(step.get("anchor")),
+        "l1": step.number("l1", 0.0),
+        "target_active": None if step.get("target") is None else step.number("target", 0.5),
+    }
 
 
 def lp_(model: nn.Module, batch: torch.Tensor, radius: float, margin: float, **options) -> dict:

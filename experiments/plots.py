@@ -32,14 +32,40 @@ def _panels(archs):
     return fig, dict(zip(archs, axes[0], strict=True))
 
 
+def _cells(records) -> list[tuple[str, float]]:
+    """The (arch, lr) panels of a figure: learning rates are never mixed in one picture."""
+    return sorted({(r["arch"], r["lr"]) for r in records})
+
+
+def _cell_panels(cells):
+    """A grid of panels: a row per arch, a column per learning rate."""
+    archs, lrs = sorted({a for a, _ in cells}), sorted({lr for _, lr in cells})
+    fig, grid = plt.subplots(len(archs), len(lrs), figsize=(5.5 * len(lrs) + 2.5, 4.2 * len(archs)), squeeze=False)
+    for i, arch in enumerate(archs):
+        for j, lr in enumerate(lrs):
+            if (arch, lr) not in cells:
+                grid[i][j].set_visible(False)
+    return fig, {(a, lr): grid[archs.index(a)][lrs.index(lr)] for a, lr in cells}
+
+
+def _legend_outside(axes) -> None:
+    """One legend, right of the top-right panel (panels keyed (arch, lr)), so that it covers no data."""
+    handles: dict[str, object] = {}
+    for ax in axes.values():
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    top_row = min(arch for arch, _ in axes)
+    top_right = axes[(top_row, max(lr for arch, lr in axes if arch == top_row))]
+    top_right.legend(list(handles.values()), list(handles), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+
+
 def scatter_zeros_vs_accuracy(records, path: Path) -> Path:
-    """Initial zero fraction vs final test accuracy, one colour per init, a panel per arch."""
-    archs = sorted({r["arch"] for r in records})
+    """Initial zero fraction vs final test accuracy, one colour per init, a panel per (arch, lr)."""
     colors = _colors({r["init"] for r in records})
-    fig, axes = _panels(archs)
-    for (arch, init), rs in _by(records, "arch", "init").items():
+    fig, axes = _cell_panels(_cells(records))
+    for (arch, lr, init), rs in _by(records, "arch", "lr", "init").items():
         m = [flat_metrics(r) for r in rs]
-        axes[arch].scatter(
+        axes[(arch, lr)].scatter(
             [v["init_zero_fraction"] for v in m],
             [v["final_test_accuracy"] for v in m],
             color=colors[init],
@@ -48,14 +74,14 @@ def scatter_zeros_vs_accuracy(records, path: Path) -> Path:
             alpha=0.85,
         )
     sources = "/".join(sorted({init_zero_source(r) for r in records}))
-    for arch, ax in axes.items():
+    for (arch, lr), ax in axes.items():
         ax.set(
-            title=f"arch={arch}",
-            xlabel=f"ReLU-zero fraction at init ({sources} images)",
+            title=f"arch={arch}, lr={lr:g}",
+            xlabel=f"ReLU-zero fraction at init ({sources} images, fraction of unit x sample)",
             ylabel="final test accuracy (%)",
         )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+    _legend_outside(axes)
     return _save(fig, path)
 
 
@@ -66,24 +92,28 @@ def learning_curves(records, path: Path) -> Path:
 
 def zeros_during_training(records, path: Path) -> Path:
     """Test-set ReLU-zero fraction per epoch (epoch 0 = init), mean and band, per init."""
-    return _per_epoch(records, path, "zero_fraction", "ReLU-zero fraction (test set)")
+    return _per_epoch(records, path, "zero_fraction", "ReLU-zero fraction (test set, fraction of unit x sample)")
 
 
 def _per_epoch(records, path, key, ylabel):
-    archs = sorted({r["arch"] for r in records})
     colors = _colors({r["init"] for r in records})
-    fig, axes = _panels(archs)
-    for (arch, init, lr), rs in _by(records, "arch", "init", "lr").items():
+    fig, axes = _cell_panels(_cells(records))
+    for (arch, lr, init), rs in _by(records, "arch", "lr", "init").items():
         curves = np.array([[h[key] for h in r["history"]] for r in rs], dtype=float)
         epochs = np.arange(curves.shape[1])
         mean = curves.mean(0)
-        label = init if len({r["lr"] for r in records}) == 1 else f"{init} lr={lr:g}"
-        axes[arch].plot(epochs, mean, color=colors[init], label=f"{label} (n={len(rs)})")
-        axes[arch].fill_between(epochs, curves.min(0), curves.max(0), color=colors[init], alpha=0.15)
-    for arch, ax in axes.items():
-        ax.set(title=f"arch={arch}; band = min..max over seeds", xlabel="epoch", ylabel=ylabel)
+        axes[(arch, lr)].plot(epochs, mean, color=colors[init], label=init)
+        axes[(arch, lr)].fill_between(epochs, curves.min(0), curves.max(0), color=colors[init], alpha=0.15)
+    for (arch, lr), ax in axes.items():
+        n = {len(rs) for (a, l, _), rs in _by(records, "arch", "lr", "init").items() if (a, l) == (arch, lr)}
+        seeds = f"{min(n)}" if len(n) == 1 else f"{min(n)}-{max(n)}"
+        ax.set(
+            title=f"arch={arch}, lr={lr:g}: mean of {seeds} seeds, band min..max",
+            xlabel="epoch (0 = at init)",
+            ylabel=ylabel,
+        )
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+    _legend_outside(axes)
     return _save(fig, path)
 
 
@@ -115,7 +145,11 @@ def zeros_per_layer_at_init(records, path: Path) -> Path:
                 label=init,
             )
         axes[arch].set_xticks(np.arange(len(layers)) + 0.4 - width / 2, layers)
-        axes[arch].set(title=f"arch={arch} ({where} images)", ylabel="ReLU-zero fraction at init", ylim=(0, 1))
+        axes[arch].set(
+            title=f"arch={arch} ({where} images)",
+            ylabel="ReLU-zero fraction at init (of unit x sample)",
+            ylim=(0, 1),
+        )
         axes[arch].legend(fontsize=7, ncol=2)
     return _save(fig, path)
 

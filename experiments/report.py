@@ -323,7 +323,10 @@ def _build_dose_report(results_dir: Path, settings: dict, records: list[dict]) -
         "## Setup",
         "",
         f"- {len(records)} finished runs: {len({r['init'] for r in records})} inits, architectures "
-        f"{sorted({r['arch'] for r in records})}, learning rates {lrs}, up to {seeds} seeds per cell.",
+        f"{sorted({r['arch'] for r in records})}, learning rates {lrs}, up to {seeds} seeds per cell. Their "
+        f"run times sum to {sum(r['wall_time_s'] for r in records) / 3600:.1f} hours (on "
+        f"{', '.join(sorted({str(r.get('host', '?')) for r in records}))}, one run per worker process at a "
+        "time; the README gives the elapsed time).",
         f"- Training: SGD, batch {settings['batch_size']}, {settings['epochs']} epochs, cross-entropy, on "
         f"{60_000 - settings.get('holdout', 0):,} MNIST training images; the data order, the random start and "
         "the LP batch depend on the seed only, so runs with the same seed are paired across inits.",

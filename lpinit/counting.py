@@ -259,7 +259,13 @@ class _Tally:
         return ReluZeros(self.samples, sites, distinct)
 
 
-def count_relu_zeros(model: nn.Module, data, batch_size: int = 1000, *, patterns: bool = True) -> ReluZeros:
+def count_relu_zeros(
+    model: nn.Module,
+    data: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Iterable,
+    batch_size: int = 1000,
+    *,
+    patterns: bool = True,
+) -> ReluZeros:
     """Count the zeros output by every ReLU application of ``model`` on ``data``.
 
     Each ReLU output is counted as the ReLU produces it, before a later

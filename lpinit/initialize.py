@@ -52,9 +52,30 @@ from lpinit.validation import (
 )
 
 ANCHORS = ("mean",)
-DEFAULT_MAX_ROWS = 8192
-"""Rows per layer given to the LPs by default (README: how the LP objective
-and the zeros on every row change with it)."""
+DEFAULTS: dict[str, Any] = {
+    "radius": 3.0,
+    "margin": 0.1,
+    "rescale": "unit",
+    "anchor": None,
+    "l1": 0.0,
+    "target_active": 0.5,
+}
+"""lp_initialize's LP options by default: each unit active on the half of the
+batch where it is largest, at its starting scale (README, "Safe defaults": the
+dose-response runs they were chosen from)."""
+PLAIN_LP: dict[str, Any] = {
+    "radius": 0.1,
+    "margin": 0.1,
+    "rescale": None,
+    "anchor": None,
+    "l1": 0.0,
+    "target_active": None,
+}
+"""The LP as first posed (every pre-activation to reach the margin, no
+rescaling): ``lp_initialize(model, batch, **PLAIN_LP)``."""
+DEFAULT_MAX_ROWS = 2048
+"""Rows per layer given to the LPs by default (README: how the LP objective,
+the zeros on every row and the time change with it)."""
 LARGEST_BOUND = 1e15
 """Bounds at or above HiGHS's infinity (1e20) would be read as no bound at all."""
 
@@ -193,12 +214,12 @@ def lp_initialize(
     model: nn.Module,
     batch: torch.Tensor,
     *,
-    radius: float = 0.1,
+    radius: float = 3.0,
     margin: float = 0.1,
-    rescale: str | None = None,
+    rescale: str | None = "unit",
     anchor: str | None = None,
     l1: float = 0.0,
-    target_active: float | None = None,
+    target_active: float | None = 0.5,
     layers: Sequence[str] | None = None,
     max_rows: int | None = DEFAULT_MAX_ROWS,
     row_seed: int = 0,
@@ -212,6 +233,13 @@ def lp_initialize(
     the LP of each unit (``lpinit.lp.problem``), layer after layer in forward
     order. A Conv2d's units are its output channels, its rows the (sample,
     output position) pairs of the batch (``lpinit.layer_rows``).
+
+    The defaults (``DEFAULTS``: ``target_active=0.5, radius=3, margin=0.1,
+    rescale="unit"``) make each unit active on the half of the batch where it
+    is largest and inactive on the other half, by the smallest change, then
+    restore its starting pre-activation RMS; no unit is left dead on the batch.
+    They were chosen from the dose-response runs (README, "Safe defaults").
+    ``lp_initialize(model, batch, **PLAIN_LP)`` is the LP as first posed.
 
     Every new weight is computed first and written at the end with
     ``param.copy_``, so parameter objects, dtype and device are kept, and if
@@ -283,7 +311,8 @@ def lp_initialize(
     if exact and (l1 or anchor is not None or target_active is not None):
         raise ValueError(
             f"exact=True solves the plain LP's mixed-integer form only, got l1={l1!r}, anchor={anchor!r}, "
-            f"target_active={target_active!r}. Drop exact=True, or those options."
+            f"target_active={target_active!r} (target_active=0.5 is the default). Pass target_active=None "
+            "(and no l1 or anchor) with exact=True, or drop exact=True."
         )
     l1, _, target_active = check_lp_options(margin, l1, False, target_active)
     max_rows = check_max_rows(max_rows)

@@ -64,6 +64,26 @@ def _open_unit_interval(text: str) -> float:
     return value
 
 
+def _target_active(text: str) -> float | None:
+    if text == "none":
+        return None
+    try:
+        return _open_unit_interval(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or none, got {text}") from None
+
+
+def _none_or(choices: tuple[str, ...]):
+    def parse(text: str) -> str | None:
+        if text == "none":
+            return None
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join((*choices, 'none'))}, got {text}")
+        return text
+
+    return parse
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not 0 <= value < float("inf"):
@@ -142,7 +162,7 @@ def _call_factory(spec: str, factory) -> nn.Module:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lpinit.initialize import ANCHORS
+    from lpinit.initialize import ANCHORS, DEFAULTS
     from lpinit.layerwise import RESCALE_MODES
     from lpinit.lp import SOLVERS
 
@@ -157,37 +177,45 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--radius",
         type=_non_negative_float,
-        default=0.1,
+        default=DEFAULTS["radius"],
         help="max weight change relative to sqrt(3) std(W); bias change relative to the "
-        "pre-activation spread (default 0.1)",
+        f"pre-activation spread (default {DEFAULTS['radius']:g})",
     )
     add(
         "--margin",
         type=_non_negative_float,
-        default=0.1,
-        help="target pre-activation relative to its spread (default 0.1)",
+        default=DEFAULTS["margin"],
+        help=f"target pre-activation relative to its spread (default {DEFAULTS['margin']:g})",
     )
     add(
         "--rescale",
-        choices=RESCALE_MODES,
-        default=None,
+        type=_none_or(RESCALE_MODES),
+        default=DEFAULTS["rescale"],
+        metavar="{" + ",".join((*RESCALE_MODES, "none")) + "}",
         help="after each layer's LP, scale each unit (or the layer) so that the pre-activations keep their "
-        "RMS on the batch (default: no rescaling)",
+        f"RMS on the batch; none: no rescaling (default {DEFAULTS['rescale']})",
     )
-    add("--anchor", choices=ANCHORS, default=None, help="mean: each unit's batch-mean pre-activation may not move")
+    add(
+        "--anchor",
+        type=_none_or(ANCHORS),
+        default=DEFAULTS["anchor"],
+        metavar="{" + ",".join((*ANCHORS, "none")) + "}",
+        help=f"mean: each unit's batch-mean pre-activation may not move (default {DEFAULTS['anchor']})",
+    )
     add(
         "--l1",
         type=_non_negative_float,
-        default=0.0,
+        default=DEFAULTS["l1"],
         help="weight of the change (in box units) in the LP's objective, relative to the pre-activation "
-        "spread; among equally good changes the smallest wins (default 0)",
+        f"spread; among equally good changes the smallest wins (default {DEFAULTS['l1']:g})",
     )
     add(
         "--target-active",
-        type=_open_unit_interval,
-        default=None,
+        type=_target_active,
+        default=DEFAULTS["target_active"],
         help="q in (0, 1): make each unit active on its ceil(q n) samples of largest pre-activation and "
-        "inactive on the others, with the smallest change (default: no activity target)",
+        "inactive on the others, with the smallest change; none: every pre-activation to reach the margin "
+        f"(the plain LP) (default {DEFAULTS['target_active']})",
     )
     add("--solver", choices=SOLVERS, default="highs", help="highs (fast, default) or cvxpy (reference)")
     add(
@@ -209,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags, with the LP's options also checked against each other, so that
     a bad combination exits 2 before any data is loaded."""
+    from lpinit.initialize import DEFAULTS
     from lpinit.validation import check_lp_options
 
     parser = build_parser()
@@ -218,7 +247,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as err:
         parser.error(cli_message(str(err)))
     if args.exact and (args.l1 or args.anchor or args.target_active is not None):
-        parser.error("--exact solves the plain LP's mixed-integer form only; drop --l1, --anchor and --target-active")
+        parser.error(
+            "--exact solves the plain LP's mixed-integer form only; pass --target-active none "
+            f"(the default is {DEFAULTS['target_active']}) and drop --l1 and --anchor"
+        )
     return args
 
 

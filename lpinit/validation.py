@@ -203,7 +203,7 @@ def check_max_rows(max_rows: Any) -> int | None:
     if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)):
         raise TypeError(f"Expected max_rows to be a positive int or None (every row), got {max_rows!r}.")
     if max_rows < 1:
-        raise ValueError(f"Expected max_rows >= 1 or None (every row), got {max_rows}. Pass e.g. max_rows=8192.")
+        raise ValueError(f"Expected max_rows >= 1 or None (every row), got {max_rows}. Pass e.g. max_rows=2048.")
     return int(max_rows)
 
 

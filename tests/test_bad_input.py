@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lpinit import count_relu_zeros, lp_initialize, quantile_bias_
+from lpinit.initialize import PLAIN_LP
 from lpinit.lp import solve_layer
 
 
@@ -48,7 +49,7 @@ def batch() -> torch.Tensor:
 def test_a_huge_radius_is_an_error_naming_the_layer_and_the_option(model, radius, message, batch):
     before = snapshot(model)
     with pytest.raises(ValueError, match=message):
-        lp_initialize(model, batch, radius=radius, n_jobs=1)
+        lp_initialize(model, batch, radius=radius, n_jobs=1, rescale=None, target_active=None)
     assert_bit_identical(model, before)
 
 
@@ -57,7 +58,7 @@ def test_huge_but_finite_inputs_are_reported_as_an_input_problem(batch):
     model = two_relu_layers()
     before = snapshot(model)
     with pytest.raises(ValueError, match=r"input of layer '0'.*1e\+37.*Normalize the batch"):
-        lp_initialize(model, batch.sign() * 1e37, n_jobs=1)
+        lp_initialize(model, batch.sign() * 1e37, n_jobs=1, radius=0.1, rescale=None, target_active=None)
     assert_bit_identical(model, before)
 
 
@@ -76,7 +77,7 @@ def test_each_submodule_gets_its_own_mode_back(call, fails, batch):
     model = frozen_batchnorm_model()
     data = batch[:, :7] if fails else batch  # the wrong width makes the forward pass raise
     run = {
-        "lp_initialize": lambda: lp_initialize(model, data, n_jobs=1),
+        "lp_initialize": lambda: lp_initialize(model, data, n_jobs=1, radius=0.1, rescale=None, target_active=None),
         "count_relu_zeros": lambda: count_relu_zeros(model, data),
         "quantile_bias_": lambda: quantile_bias_(model, data, 0.5),
     }[call]
@@ -102,14 +103,14 @@ def test_bad_batches_and_layer_lists_get_a_clear_error(make_input, kwargs, error
     model = two_relu_layers()
     before = snapshot(model)
     with pytest.raises(error, match=message):
-        lp_initialize(model, make_input(batch), n_jobs=1, **kwargs)
+        lp_initialize(model, make_input(batch), n_jobs=1, **{**PLAIN_LP, **kwargs})
     assert_bit_identical(model, before)
 
 
 def test_a_model_on_the_meta_device_gets_a_clear_error(batch):
     model = two_relu_layers().to("meta")
     with pytest.raises(ValueError, match=r"meta device.*to_empty"):
-        lp_initialize(model, batch, n_jobs=1)
+        lp_initialize(model, batch, n_jobs=1, radius=0.1, rescale=None, target_active=None)
 
 
 def test_tied_weights_get_a_clear_error(batch):
@@ -118,7 +119,7 @@ def test_tied_weights_get_a_clear_error(batch):
     model[2].weight = model[0].weight
     before = snapshot(model)
     with pytest.raises(ValueError, match=r"tied weights.*untie"):
-        lp_initialize(model, batch, n_jobs=1)
+        lp_initialize(model, batch, n_jobs=1, radius=0.1, rescale=None, target_active=None)
     assert_bit_identical(model, before)
 
 

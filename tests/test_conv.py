@@ -18,6 +18,7 @@ from torch import nn
 import lpinit.initialize
 import lpinit.layer_rows
 from lpinit import bias_shift_, cnn, count_relu_zeros, lp_initialize, quantile_bias_
+from lpinit.initialize import PLAIN_LP
 from lpinit.layer_rows import layer_rows
 from lpinit.lp import SOLVERS
 from lpinit.tracing import relu_fed_layers
@@ -145,7 +146,7 @@ def test_each_channels_lp_matches_linprog_on_patches_cut_by_hand(variant, option
     for solver in SOLVERS:
         model = tiny_conv_net(3, **VARIANTS[variant])
         old = kernels(model)
-        report = lp_initialize(model, x, radius=0.3, margin=0.1, solver=solver, n_jobs=1, **options)
+        report = lp_initialize(model, x, solver=solver, n_jobs=1, **{**PLAIN_LP, "radius": 0.3, **options})
         assert [layer.name for layer in report.layers] == ["conv1", "conv2"]
         with torch.no_grad():
             inputs = {"conv1": x.numpy(), "conv2": torch.relu(model.conv1(x)).numpy()}
@@ -181,7 +182,9 @@ def test_exact_mode_on_a_conv_layer_matches_scipys_milp():
     x = tiny_batch(samples=2)
     model = tiny_conv_net(4, padding=1, stride=2)
     weight, bias = kernels(model)["conv1"]
-    report = lp_initialize(model, x, radius=0.3, margin=0.2, exact=True, layers=["conv1"], n_jobs=1)
+    report = lp_initialize(
+        model, x, radius=0.3, margin=0.2, exact=True, layers=["conv1"], n_jobs=1, rescale=None, target_active=None
+    )
     layer = report.layers[0]
     H = patches_by_loops(x.numpy(), model.conv1)
     Z = H @ weight.reshape(2, -1).T + bias
@@ -316,7 +319,16 @@ def test_max_rows_samples_the_lp_rows_but_the_report_counts_every_row(mnist_batc
     torch.manual_seed(0)
     model = cnn()
     original = snapshot(model)
-    report = lp_initialize(model, mnist_batch, max_rows=500, layers=["conv1", "conv2"], n_jobs=1)
+    report = lp_initialize(
+        model,
+        mnist_batch,
+        max_rows=500,
+        layers=["conv1", "conv2"],
+        n_jobs=1,
+        radius=0.1,
+        rescale=None,
+        target_active=None,
+    )
     conv1, conv2 = report.layers
     assert (conv1.rows, conv1.lp_rows, conv1.batch_size) == (64 * 24 * 24, 500, 64)
     assert (conv2.rows, conv2.lp_rows) == (64 * 8 * 8, 500)
@@ -337,7 +349,7 @@ def test_max_rows_is_seeded_and_all_rows_when_there_are_fewer(mnist_batch):
     def run(**kwargs):
         torch.manual_seed(1)
         model = cnn()
-        report = lp_initialize(model, mnist_batch[:4], layers=["conv1"], n_jobs=1, **kwargs)
+        report = lp_initialize(model, mnist_batch[:4], layers=["conv1"], n_jobs=1, **{**PLAIN_LP, **kwargs})
         return report.layers[0], model.conv1.weight.detach().clone()
 
     first, again, other = run(max_rows=300), run(max_rows=300), run(max_rows=300, row_seed=1)
@@ -356,7 +368,9 @@ def test_the_lp_on_a_sample_is_the_lp_of_those_rows(monkeypatch, mnist_batch):
     x = mnist_batch[:2].double()
     weight, bias = model.conv1.weight.detach().numpy().copy(), model.conv1.bias.detach().numpy().copy()
     seen = spy_on_lp_inputs(monkeypatch)
-    report = lp_initialize(model, x, layers=["conv1"], max_rows=150, n_jobs=1)
+    report = lp_initialize(
+        model, x, layers=["conv1"], max_rows=150, n_jobs=1, radius=0.1, rescale=None, target_active=None
+    )
     H_all = patches_by_loops(x.numpy(), model.conv1)
     (H,) = seen
     assert H.shape == (150, 25)
@@ -376,7 +390,7 @@ def test_activity_targets_with_max_rows_are_the_top_rows_of_the_sample(monkeypat
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU()).double()
     weight, bias = model[0].weight.detach().numpy().reshape(3, -1).copy(), model[0].bias.detach().numpy().copy()
     seen = spy_on_lp_inputs(monkeypatch)
-    report = lp_initialize(model, x, target_active=0.5, radius=3.0, max_rows=60, n_jobs=1)
+    report = lp_initialize(model, x, target_active=0.5, radius=3.0, max_rows=60, n_jobs=1, rescale=None)
     layer = report.layers[0]
     assert (layer.rows, layer.lp_rows) == (6 * 16, 60)
     (H,) = seen
@@ -395,8 +409,8 @@ def test_rescale_on_conv_layers_keeps_every_sign_and_the_rms(mode, mnist_batch):
     plain, rescaled = cnn(), cnn()
     rescaled.load_state_dict(plain.state_dict())
     options = dict(anchor="mean", radius=0.3, layers=["conv1"], max_rows=400, n_jobs=1)
-    lp_initialize(plain, mnist_batch, **options)
-    report = lp_initialize(rescaled, mnist_batch, rescale=mode, **options)
+    lp_initialize(plain, mnist_batch, **{**PLAIN_LP, **options})
+    report = lp_initialize(rescaled, mnist_batch, **{**PLAIN_LP, **options, "rescale": mode})
     with torch.no_grad():
         assert torch.equal(plain.conv1(mnist_batch) > 0, rescaled.conv1(mnist_batch) > 0)
     layer = report.layers[0]
@@ -444,7 +458,7 @@ def test_a_crash_in_the_second_layer_leaves_the_model_bit_identical(monkeypatch,
 
     monkeypatch.setattr(lpinit.initialize, "solve_layer", failing)
     with pytest.raises(RuntimeError, match="solver died"):
-        lp_initialize(model, mnist_batch, max_rows=300, n_jobs=1)
+        lp_initialize(model, mnist_batch, max_rows=300, n_jobs=1, radius=0.1, rescale=None, target_active=None)
     assert calls == ["conv1", "conv2"]
     assert_bit_identical(model, before)
 
@@ -466,12 +480,12 @@ def test_grouped_convolutions_are_a_clear_error_that_names_the_layers_that_work(
     model, x = grouped_net(), torch.randn(3, 2, 6, 6)
     before = snapshot(model)
     with pytest.raises(ValueError, match=r"'2' is a Conv2d with groups=2.*layers=\[...\].*can adjust: 0, 5"):
-        lp_initialize(model, x, n_jobs=1)
+        lp_initialize(model, x, n_jobs=1, radius=0.1, rescale=None, target_active=None)
     assert_bit_identical(model, before)
     with pytest.raises(ValueError, match="groups=2"):
         quantile_bias_(model, x, 0.5)
     assert_bit_identical(model, before)
-    report = lp_initialize(model, x, layers=["0", "5"], n_jobs=1)
+    report = lp_initialize(model, x, layers=["0", "5"], n_jobs=1, radius=0.1, rescale=None, target_active=None)
     assert [layer.name for layer in report.layers] == ["0", "5"]
 
 
@@ -488,14 +502,16 @@ def test_bad_max_rows_get_a_clear_error(max_rows, error, message):
     model, x = tiny_conv_net(12), tiny_batch()
     before = snapshot(model)
     with pytest.raises(error, match=message):
-        lp_initialize(model, x, max_rows=max_rows, n_jobs=1)
+        lp_initialize(model, x, max_rows=max_rows, n_jobs=1, radius=0.1, rescale=None, target_active=None)
     assert_bit_identical(model, before)
 
 
 def test_the_cnns_zero_counts_agree_with_count_relu_zeros(mnist_batch):
     torch.manual_seed(13)
     model = cnn()
-    report = lp_initialize(model, mnist_batch, anchor="mean", max_rows=300, n_jobs=1)
+    report = lp_initialize(
+        model, mnist_batch, anchor="mean", max_rows=300, n_jobs=1, radius=0.1, rescale=None, target_active=None
+    )
     counted = count_relu_zeros(model, mnist_batch)
     for layer in report.layers:
         site = counted.site(layer.name)
@@ -515,7 +531,7 @@ def test_a_layer_applied_twice_is_a_clear_error():
     model = Twice()
     before = snapshot(model)
     with pytest.raises(ValueError, match=r"'conv' ran 2 times.*layers="):
-        lp_initialize(model, torch.randn(2, 2, 5, 5), n_jobs=1)
+        lp_initialize(model, torch.randn(2, 2, 5, 5), n_jobs=1, radius=0.1, rescale=None, target_active=None)
     assert_bit_identical(model, before)
 
 
@@ -543,3 +559,16 @@ def test_the_max_rows_table_runs_on_a_tiny_budget(monkeypatch, capsys):
     assert [line.split()[0] for line in lines[2:]] == ["100", "all"]
     objective_all_rows = [float(line.split()[5]) for line in lines[2:]]
     assert objective_all_rows[1] <= objective_all_rows[0] + 1e-6  # every row's LP is the optimum on every row
+
+
+def test_the_max_rows_table_of_the_target_lp_on_conv2(monkeypatch, capsys):
+    from experiments import max_rows
+
+    argv = ["max_rows", "--batch-size", "2", "--max-rows", "50,all", "--layer", "conv2", "--target-active", "0.5"]
+    monkeypatch.setattr("sys.argv", [*argv, "--radius", "3", "--rescale", "unit"])
+    max_rows.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert "conv2" in lines[0] and [line.split()[0] for line in lines[2:]] == ["50", "all"]
+    for line in lines[2:]:
+        met, units, off_target = int(line.split()[5]), int(line.split()[7]), float(line.split()[8])
+        assert 0 <= met <= units == 16 and 0.0 <= off_target <= 0.5

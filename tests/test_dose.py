@@ -74,6 +74,8 @@ def made_up_runs(seeds: int = 6) -> list[dict]:
                 records.append(run_record(f"default+quantile_bias(q={q:g},rescale=unit)", arch, seed, zeros,
                                           truth(zeros) + noise, dead_logit=(q < 0.2, False)))  # fmt: skip
             records.append(run_record("default+lp(rescale=unit)", arch, seed, 0.1, truth(0.5) - 5 + noise))
+            records.append(run_record("lsuv", arch, seed, 0.5, 95.0 + noise))
+            records.append(run_record("lsuv+lp(radius=3,rescale=unit,target=0.5)", arch, seed, 0.5, 94.5 + noise))
     return records
 
 
@@ -121,5 +123,8 @@ def test_a_dose_folder_gets_the_dose_report(tmp_path):
     assert "LP better at 5, worse at 0, no difference at 0" in text  # both archs: five doses each
     assert "peaks at 0.30 zeros" in text
     assert "default+lp(rescale=unit) | seed | 4 | -5.00" in text  # a candidate that is worse than its start
+    assert "lp_initialize's defaults are `default+lp(radius=3,rescale=unit,target=0.5)`" in text
+    assert "| lsuv | mlp | 4 | -0.50 [-0.50, -0.50] |" in text  # the LP on a good start, paired over seeds
+    assert "Better at 0, worse at 2, no difference at 0 of 2 (base, arch) cells." in text
     for png in ("dose_accuracy.png", "dose_loss.png", "dose_fit.png"):
         assert (folder / png).is_file()

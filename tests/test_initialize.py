@@ -9,6 +9,7 @@ from torch import nn
 
 import lpinit.initialize as initialize_module
 from lpinit import lp_initialize, mlp, seed_mlp
+from lpinit.initialize import PLAIN_LP
 
 
 def linprog_objective(H, w, b, weight_bound, bias_bound, margin):
@@ -48,7 +49,9 @@ def test_objectives_match_linprog_with_earlier_layers_updated(small_batch):
         for name, m in model.named_children()
         if isinstance(m, nn.Linear)
     }
-    report = lp_initialize(model, small_batch, radius=0.1, margin=0.1, n_jobs=1, progress=False)
+    report = lp_initialize(
+        model, small_batch, radius=0.1, margin=0.1, n_jobs=1, progress=False, rescale=None, target_active=None
+    )
     assert [layer.name for layer in report.layers] == ["fc1", "fc2"]  # fc3 feeds no ReLU
 
     x = small_batch.flatten(1).double()
@@ -69,7 +72,9 @@ def test_bounds_are_respected_and_zeros_drop(small_batch):
     model = seed_mlp()
     before = snapshot(model)
     params_before = [id(p) for p in model.parameters()]
-    report = lp_initialize(model, small_batch, radius=0.1, margin=0.1, n_jobs=1, progress=False)
+    report = lp_initialize(
+        model, small_batch, radius=0.1, margin=0.1, n_jobs=1, progress=False, rescale=None, target_active=None
+    )
     assert [id(p) for p in model.parameters()] == params_before
     assert [layer.name for layer in report.layers] == ["fc1", "fc2", "fc3", "fc4"]
     for layer in report.layers:
@@ -98,7 +103,7 @@ def test_dtype_and_functional_relus_are_supported(small_batch):
 
     torch.manual_seed(2)
     model = Functional().double()
-    report = lp_initialize(model, small_batch, n_jobs=1, progress=False)
+    report = lp_initialize(model, small_batch, n_jobs=1, progress=False, radius=0.1, rescale=None, target_active=None)
     assert [layer.name for layer in report.layers] == ["hidden"]
     assert model.hidden.weight.dtype == torch.float64
 
@@ -107,7 +112,9 @@ def test_layers_restricts_by_name(small_batch):
     torch.manual_seed(3)
     model = mlp([784, 10, 8, 10])
     before = snapshot(model)
-    report = lp_initialize(model, small_batch, layers=["fc2"], n_jobs=1, progress=False)
+    report = lp_initialize(
+        model, small_batch, layers=["fc2"], n_jobs=1, progress=False, radius=0.1, rescale=None, target_active=None
+    )
     assert [layer.name for layer in report.layers] == ["fc2"]
     assert torch.equal(model.fc1.weight, before["fc1.weight"])
     assert not torch.equal(model.fc2.weight, before["fc2.weight"])
@@ -131,14 +138,14 @@ def test_bad_input_raises_and_leaves_the_model_unchanged(small_batch, kwargs, ba
     model = mlp([784, 10, 8, 10])
     before = snapshot(model)
     with pytest.raises(error, match=message):
-        lp_initialize(model, batch_fn(small_batch), n_jobs=1, progress=False, **kwargs)
+        lp_initialize(model, batch_fn(small_batch), n_jobs=1, progress=False, **{**PLAIN_LP, **kwargs})
     assert_unchanged(model, before)
 
 
 def test_model_without_relu_fed_linear_is_rejected(small_batch):
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.Tanh())
     with pytest.raises(ValueError, match=r"with none\. lp_initialize adjusts such layers only"):
-        lp_initialize(model, small_batch, progress=False)
+        lp_initialize(model, small_batch, progress=False, radius=0.1, rescale=None, target_active=None)
 
 
 def test_failure_midway_leaves_the_model_exactly_as_before(small_batch, monkeypatch):
@@ -156,7 +163,7 @@ def test_failure_midway_leaves_the_model_exactly_as_before(small_batch, monkeypa
 
     monkeypatch.setattr(initialize_module, "solve_layer", solve_then_fail)
     with pytest.raises(RuntimeError, match="second layer"):
-        lp_initialize(model, small_batch, n_jobs=1, progress=False)
+        lp_initialize(model, small_batch, n_jobs=1, progress=False, radius=0.1, rescale=None, target_active=None)
     assert_unchanged(model, before)
 
 
@@ -175,7 +182,7 @@ def test_units_that_fail_keep_their_weights_and_are_counted(small_batch, monkeyp
         return solution
 
     monkeypatch.setattr(initialize_module, "solve_layer", fail_unit_zero)
-    report = lp_initialize(model, small_batch, n_jobs=1, progress=False)
+    report = lp_initialize(model, small_batch, n_jobs=1, progress=False, radius=0.1, rescale=None, target_active=None)
     assert report.status_counts() == {"optimal": 9, "failed": 1}
     assert torch.equal(model.fc1.weight[0], before["fc1.weight"][0])
     assert not torch.equal(model.fc1.weight[1], before["fc1.weight"][1])

@@ -11,7 +11,7 @@ import torch
 
 from experiments import inits
 from experiments.init_names import InitSpec, Step
-from experiments.inits import build_model, initialize, parse_init_name
+from experiments.inits import build_model, initialize, lp_options, parse_init_name
 from lpinit import count_relu_zeros, mlp
 
 
@@ -274,3 +274,34 @@ def test_rai_on_a_cnn_has_one_beta_entry_per_output_channel(image_batch):
     assert v.shape == (16, 151)
     big = v > 0.3  # N(0, 0.6007^2/150) entries are ~6 std below this; Beta(2, 1) is above it 91% of the time
     assert (big.sum(1) <= 1).all() and big.sum() >= 10
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("lp@0.1", dict(radius=0.1, margin=0.1, rescale=None, anchor=None, l1=0.0, target_active=None)),
+        (
+            "default+lp(rescale=unit)",
+            dict(radius=0.1, margin=0.1, rescale="unit", anchor=None, l1=0.0, target_active=None),
+        ),
+        (
+            "default+lp(radius=3,rescale=unit,target=0.5)",
+            dict(radius=3.0, margin=0.1, rescale="unit", anchor=None, l1=0.0, target_active=0.5),
+        ),
+        (
+            "lsuv+lp(radius=0.2,margin=0.3,anchor=mean,l1=0.5)",
+            dict(radius=0.2, margin=0.3, rescale=None, anchor="mean", l1=0.5, target_active=None),
+        ),
+    ],
+)
+def test_an_lp_step_passes_every_option_so_a_name_does_not_follow_the_library_defaults(name, expected):
+    (step,) = parse_init_name(name).steps
+    assert lp_options(step, default_margin=0.1) == expected
+
+
+def test_the_harness_name_of_the_defaults_is_lp_initializes_defaults():
+    from experiments.settings import DEFAULT_LP
+    from lpinit.initialize import DEFAULTS
+
+    (step,) = parse_init_name(f"default+{DEFAULT_LP}").steps
+    assert lp_options(step, default_margin=0.1) == DEFAULTS

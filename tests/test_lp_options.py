@@ -14,6 +14,7 @@ from torch import nn
 
 from lpinit import bias_shift_, count_relu_zeros, lp_initialize, mlp, quantile_bias_
 from lpinit.controls import quantile_thresholds
+from lpinit.initialize import PLAIN_LP
 from lpinit.lp import SOLVERS, solve_layer
 from lpinit.lp.problem import Formulation
 
@@ -116,7 +117,7 @@ def test_lp_initialize_matches_linprog_on_every_unit_of_a_small_network(name, mn
             n: (m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy())
             for n, m in linear_layers(model).items()
         }
-        report = lp_initialize(model, batch.double(), radius=0.3, margin=0.1, solver=solver, n_jobs=1, **options)
+        report = lp_initialize(model, batch.double(), solver=solver, n_jobs=1, **{**PLAIN_LP, "radius": 0.3, **options})
         x = batch.flatten(1).double()
         with torch.no_grad():
             inputs = {"fc1": x.numpy(), "fc2": torch.relu(model.fc1(x)).numpy()}
@@ -149,8 +150,8 @@ def test_rescale_keeps_every_sign_and_restores_the_rms(mode, mnist_train):
     rescaled = mlp([784, 32, 16, 10], final_relu=True)
     rescaled.load_state_dict(plain.state_dict())
     options = dict(radius=0.2, margin=0.1, target_active=0.7, layers=["fc1"], n_jobs=1)
-    lp_initialize(plain, batch, **options)
-    report = lp_initialize(rescaled, batch, rescale=mode, **options)
+    lp_initialize(plain, batch, **{**PLAIN_LP, **options})
+    report = lp_initialize(rescaled, batch, **{**PLAIN_LP, **options, "rescale": mode})
     # zeros of the changed layer: identical, element by element
     with torch.no_grad():
         z_plain, z_rescaled = plain.fc1(batch.flatten(1)), rescaled.fc1(batch.flatten(1))
@@ -175,7 +176,7 @@ def test_rescaling_changes_no_zero_count_anywhere(mnist_train):
     for rescale in (None, "unit", "layer"):
         torch.manual_seed(7)
         model = mlp([784, 20, 10], final_relu=True)
-        lp_initialize(model, batch, radius=0.1, layers=["fc1"], rescale=rescale, n_jobs=1)
+        lp_initialize(model, batch, radius=0.1, layers=["fc1"], rescale=rescale, n_jobs=1, target_active=None)
         counts.append(count_relu_zeros(model, batch).site("fc1").zeros_per_unit)
     np.testing.assert_array_equal(counts[0], counts[1])
     np.testing.assert_array_equal(counts[0], counts[2])
@@ -190,7 +191,9 @@ def test_anchor_keeps_each_units_batch_mean_and_needs_real_lps_on_hidden_layers(
     with torch.no_grad():
         h1 = torch.relu(model.fc1(x))
         mean_before = model.fc2(h1).mean(0)
-    report = lp_initialize(model, batch, radius=0.2, margin=0.1, anchor="mean", layers=["fc2"], n_jobs=1)
+    report = lp_initialize(
+        model, batch, radius=0.2, margin=0.1, anchor="mean", layers=["fc2"], n_jobs=1, rescale=None, target_active=None
+    )
     with torch.no_grad():
         mean_after = model.fc2(h1).mean(0)
     np.testing.assert_allclose(mean_after, mean_before, atol=1e-9)
@@ -305,7 +308,7 @@ def test_invalid_option_combinations_leave_the_model_bit_identical(kwargs, error
     model = mlp([784, 8, 10])
     before = snapshot(model)
     with pytest.raises(error, match=message):
-        lp_initialize(model, images[:16], n_jobs=1, **kwargs)
+        lp_initialize(model, images[:16], n_jobs=1, **{**PLAIN_LP, **kwargs})
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

@@ -63,8 +63,10 @@ def test_runs_and_saves_model_and_report(tmp_path, capsys):
         (["--out", ""], "--out: expected a folder name, got ''"),  # once wrote into the current folder
         (["--target-active", "1"], "--target-active: expected a number in (0, 1)"),
         (["--l1", "nan"], "--l1: expected a finite number >= 0"),
-        (["--rescale", "row"], "invalid choice: 'row'"),
-        (["--anchor", "median"], "invalid choice: 'median'"),
+        (["--rescale", "row"], "--rescale: expected one of unit, layer, none, got row"),
+        (["--anchor", "median"], "--anchor: expected one of mean, none, got median"),
+        (["--target-active", "half"], "--target-active: expected a number in (0, 1) or none, got half"),
+        (["--exact"], "pass --target-active none (the default is 0.5)"),
         (["--target-active", "0.5", "--margin", "0"], "--margin > 0 with --target-active"),
         (["--target-active", "0.5", "--exact"], "--exact solves the plain LP"),
     ],
@@ -456,7 +458,7 @@ def check_seed(calls, tmp_path, capsys):
 
 
 def check_exact(calls, tmp_path, capsys):
-    result, _, kwargs, solves = _run(calls, tmp_path, "--exact")
+    result, _, kwargs, solves = _run(calls, tmp_path, "--exact", "--target-active", "none")
     assert kwargs["exact"] is True and solves[0]["exact"] is True and result["report"]["exact"] is True
 
 
@@ -481,7 +483,7 @@ def check_json(calls, tmp_path, capsys):
 
 
 def check_rescale(calls, tmp_path, capsys):
-    plain, *_ = _run(calls, tmp_path, "--target-active", "0.9", "--radius", "1", out="a")
+    plain, *_ = _run(calls, tmp_path, "--target-active", "0.9", "--radius", "1", "--rescale", "none", out="a")
     rescaled, _, kwargs, _ = _run(
         calls, tmp_path, "--target-active", "0.9", "--radius", "1", "--rescale", "unit", out="b"
     )
@@ -493,14 +495,14 @@ def check_rescale(calls, tmp_path, capsys):
 
 
 def check_anchor(calls, tmp_path, capsys):
-    result, _, kwargs, solves = _run(calls, tmp_path, "--anchor", "mean")
+    result, _, kwargs, solves = _run(calls, tmp_path, "--anchor", "mean", "--target-active", "none")
     assert kwargs["anchor"] == "mean" and solves[0]["anchor"] is True
     layer = result["report"]["layers"][0]
     assert layer["preact_mean_lp"] == pytest.approx(layer["preact_mean_before"], abs=1e-6)
 
 
 def check_l1(calls, tmp_path, capsys):
-    result, _, kwargs, solves = _run(calls, tmp_path, "--l1", "0.01")
+    result, _, kwargs, solves = _run(calls, tmp_path, "--l1", "0.01", "--target-active", "none")
     assert kwargs["l1"] == 0.01 and solves[0]["l1"] > 0 and result["report"]["layers"][0]["l1"] > 0
 
 
@@ -509,6 +511,8 @@ def check_target_active(calls, tmp_path, capsys):
     assert kwargs["target_active"] == 0.75 and solves[0]["target_active"] == 0.75
     layer = result["report"]["layers"][0]
     assert layer["met_target"] == 16 and layer["zeros_after"] == 16 * 8  # 24 of 32 samples active per unit
+    _, _, kwargs, solves = _run(calls, tmp_path, "--target-active", "none", out="plain")
+    assert kwargs["target_active"] is None and solves[0]["target_active"] is None
 
 
 BEHAVIOUR = {
@@ -539,3 +543,17 @@ def test_flag_changes_what_happens(flag, calls, tmp_path, capsys):
 def test_every_flag_has_a_behaviour_test():
     flags = {option for action in build_parser()._actions for option in action.option_strings}
     assert flags - {"-h", "--help"} == set(BEHAVIOUR)
+
+
+def test_the_demo_uses_lp_initializes_defaults_and_leaves_no_logit_dead(tmp_path):
+    """The seed MLP has a ReLU on its logits: a logit unit that is zero on every
+    image of the batch costs a whole class. With the defaults every unit is
+    active on exactly its top half of the batch (met_target), so none is dead."""
+    from lpinit.initialize import DEFAULTS
+
+    assert main(["--batch-size", "64", "--out", str(tmp_path), "--quiet"]) == 0
+    result = json.loads((tmp_path / "report.json").read_text())
+    assert {key: result["settings"][key] for key in DEFAULTS} == DEFAULTS
+    logits = result["report"]["layers"][-1]
+    assert logits["name"] == "fc4" and logits["met_target"] == logits["out_features"] == 10
+    assert logits["zeros_after"] == 10 * 32  # each of the 10 units zero on 32 of the 64 images, no more
