@@ -187,10 +187,11 @@ def test_lp_init_equals_lp_initialize_on_the_he_draw():
     stacked, info = inits.initialize("lp@0.5", widths, [3, 4], x, lp_margin=0.1)
     he = inits.draw("he", widths, [3, 4])
     from lpinit import lp_initialize
+    from lpinit.initialize import PLAIN_LP
 
     for i in range(2):
         seq = he.to_sequential(i)
-        lp_initialize(seq, x, radius=0.5, margin=0.1, n_jobs=1, progress=False)
+        lp_initialize(seq, x, **{**PLAIN_LP, "radius": 0.5}, n_jobs=1, progress=False)
         for l, layer in enumerate(_linears(seq)):
             assert torch.equal(stacked.weights[l][i], layer.weight.detach())
     assert info["lp_seconds"] > 0 and "lp_left_dead_reasons" in info

@@ -162,11 +162,20 @@ def _lp_one(name: str, base: str, value: float, model: nn.Sequential, x: torch.T
     import lpinit
 
     # every LP option passed, so that a name keeps its meaning whatever lp_initialize's defaults are
-    options = dict(margin=margin, anchor=None, l1=0.0, n_jobs=1, progress=False)
-    if base == "lp":
-        return lpinit.lp_initialize(model, x, radius=value, rescale=None, target_active=None, **options)
-    if base == "lp_target":
-        return lpinit.lp_initialize(model, x, radius=radius, rescale="unit", target_active=value, **options)
+    if base in ("lp", "lp_target"):
+        target, rescale = (None, None) if base == "lp" else (value, "unit")
+        return lpinit.lp_initialize(
+            model,
+            x,
+            radius=value if base == "lp" else radius,
+            margin=margin,
+            rescale=rescale,
+            anchor=None,
+            l1=0.0,
+            target_active=target,
+            n_jobs=1,
+            progress=False,
+        )
     if base == "quantile_bias":
         return lpinit.quantile_bias_(model, x, value, rescale="unit")
     raise ValueError(f"Unhandled LP-family init {name!r}.")
