@@ -321,10 +321,13 @@ def test_safe_depths():
 
 
 def test_settings_flags_and_errors():
-    s = parse_settings(["--preset", "collapse", "--widths", "2,3", "--train-widths", "2", "--steps", "10"])
+    s = parse_settings(
+        ["--preset", "collapse", "--widths", "2,3", "--train-widths", "2", "--dense-train-widths", "2", "--steps", "10"]
+    )
     assert s.widths == (2, 3) and s.steps == 10 and s.name == "collapse" and s.inits == inits.BASE_INITS
     for overrides, match in (
         ({"train_widths": (7,)}, "subset of --widths"),
+        ({"train_widths": (2,), "dense_train_widths": (3,)}, "dense-train-widths to be a subset"),
         ({"widths": (40,), "train_widths": ()}, "widths <= 35"),
         ({"lr": 0.0}, "lr > 0"),
         ({"tasks": ("sine",)}, "Unknown task"),
