@@ -222,23 +222,33 @@ def _lp_answers(bd_rows: list[dict], cl_rows: list[dict], records: list[dict]) -
         newly = sum(r["newly_dead"] for r in lp_bd)
         details = [d for r in lp_bd for d in r["left_dead_details"]]
         if stayed or newly:
-            gap = [d["max_preact_after"] for d in details]
-            later = sum(d["zero_input_layers"] for d in details)
-            zero_box = sum(d["zero_bias_box_layers"] for d in details)
+            per_init = []
+            for init in sorted({r["init"] for r in lp_bd}, key=init_sort_key):
+                tally: dict[str, int] = defaultdict(int)
+                for r in lp_bd:
+                    if r["init"] == init:
+                        for k, v in r["reasons"].items():
+                            tally[k] += v
+                if tally:
+                    per_init.append(f"{init} " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
+            box = [d for d in details if d["reason"] == "box"]
             out.append(
                 f"- **When the LP cannot revive a layer:** {stayed} He-born-dead networks stayed born dead after an "
-                f"LP-family init and {newly} networks alive under He were left born dead (first dead layer's cause: "
-                f"{dict(reasons)}; 'box' = that layer had a nonzero input and optimal LPs, but the box on its weights "
-                "and bias could not lift any pre-activation above zero on any input, 'solver' = some LP of that "
-                "layer not solved to optimality (statuses of the detailed ones: "
-                f"{_status_tally(details)}), 'ties' = quantile_bias_'s threshold fell between tied values of H w, "
-                "'error' = the init raised and the network kept its He draw)."
+                f"LP-family init and {newly} networks alive under He were left born dead. The first dead layer's "
+                f"cause, per init: {'; '.join(per_init)}. 'box': that layer had a nonzero input and optimal LPs, but "
+                "the box on its weights and bias could not lift any pre-activation above zero on any input; 'solver': "
+                f"some LP of that layer not solved to optimality (statuses in the detailed ones: "
+                f"{_status_tally(details)}); 'ties': quantile_bias_'s threshold fell between tied values of H w "
+                "(e.g. a layer whose input is zero on more rows than the target leaves active gets the threshold 0 "
+                "when H w <= 0 on the others); 'error': the init raised and the network kept its He draw."
                 + (
-                    f" In the {len(details)} of them detailed in runs.jsonl, the largest pre-activation of the first "
-                    f"dead layer after the LP has median {np.median(gap):.3g} (below zero: the box was too small), and "
-                    f"the {later} layers after it got an all-zero input; {zero_box} of those had a bias box of zero "
-                    "(rho_b = radius * std(Z), and Z is the constant zero bias of He), so nothing could move them."
-                    if details
+                    f" In the {len(box)} 'box' cases detailed in runs.jsonl, the largest pre-activation of the first "
+                    f"dead layer after the LP has median {np.median([d['max_preact_after'] for d in box]):.3g} (at or "
+                    f"below zero: the box was too small), and the {sum(d['zero_input_layers'] for d in box)} layers "
+                    f"after it got an all-zero input; {sum(d['zero_bias_box_layers'] for d in box)} of those had a "
+                    "bias box of zero (rho_b = radius * std(Z), and Z is the constant zero bias of He), so nothing "
+                    "could move them."
+                    if box
                     else ""
                 )
             )
