@@ -322,6 +322,14 @@ def lp_initialize(
     def solve(layer: LayerInput) -> tuple[np.ndarray, np.ndarray, tuple[LayerSolution, dict[str, Any]]]:
         Z = layer.Z_all
         spread = float(Z.std())
+        if spread == 0.0 and target_active is not None:
+            raise ValueError(
+                f"Layer {layer.name!r} has the same pre-activation on every row of the batch (std 0), so its "
+                f"margin and bias box, relative to that spread, are 0 and target_active={target_active:g} has no "
+                "rows to rank. Its input is constant on the batch: often an earlier layer is zero on every "
+                "sample (dead). Pass target_active=None for this model, or start from an init that keeps every "
+                "layer alive on the batch."
+            )
         bounds: dict[str, float] = {
             "weight_bound": radius * math.sqrt(3) * float(layer.W.std()),
             "bias_bound": radius * spread if layer.has_bias else 0.0,

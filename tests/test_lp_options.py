@@ -355,3 +355,19 @@ def test_rescale_holds_every_layers_start_scale_through_the_network(mnist_train)
             np.testing.assert_allclose(z1.pow(2).mean(0).sqrt(), z0.pow(2).mean(0).sqrt(), rtol=1e-4)
             assert ((z1 > 0).sum(0) == 58).all()  # ceil(0.9 * 64) active, unit by unit
             h0, h1 = torch.relu(z0), torch.relu(z1)
+
+
+def test_a_layer_with_constant_preactivations_and_a_target_gets_a_clear_error():
+    # reproduction (issue 14's deep, narrow nets): a dead first layer makes the
+    # next layer's input constant; target_active then reported "Expected
+    # margin > 0 with target_active ... got 0.0" although margin=0.1 was passed
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        model[0].weight.fill_(-1.0)
+        model[0].bias.fill_(-5.0)  # zero on every input in [-1, 1]^2: dead
+        model[2].bias.zero_()  # as He's zero biases: the next layer's pre-activations are all 0
+    before = snapshot(model)
+    x = torch.rand(32, 2) * 2 - 1
+    with pytest.raises(ValueError, match=r"Layer '2' has the same pre-activation on every row.*dead"):
+        lp_initialize(model, x, n_jobs=1, layers=["2"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
