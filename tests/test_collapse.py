@@ -401,3 +401,10 @@ def test_headline_preset_plans_the_papers_cells_with_every_init(tmp_path):
         assert sorted(i for g in groups if g.task == task for i in g.inits) == sorted(names)
     assert [inits.is_lp_family(c.init) for c in cells] == sorted(inits.is_lp_family(c.init) for c in cells)
     assert {(g.width, g.depth) for g in groups} == {(2, 10)} and {c for g in groups for c in g.counts} == {200}
+
+
+@pytest.mark.parametrize("n", [1, 7, 200, 1000])
+def test_wilson_holds_the_rate_even_at_0_and_1(n):
+    for k in (0, n):
+        low, high = theory.wilson(k, n)
+        assert low <= k / n <= high

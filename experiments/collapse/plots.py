@@ -163,7 +163,8 @@ def rates_at(bd_rows: list[dict], cl_rows: list[dict], width: int, depth: int, p
             for offset, row, marker in ((-0.15, b, "s"), (0.15, r, "o")):
                 if row is None:
                     continue
-                err = [[row["rate"] - row["ci_low"]], [row["ci_high"] - row["rate"]]]
+                # clipped at 0: Wilson's bound at a rate of 0 or 1 can sit a rounding error past it
+                err = [[max(0.0, row["rate"] - row["ci_low"])], [max(0.0, row["ci_high"] - row["rate"])]]
                 ax.errorbar(i + offset, row["rate"], yerr=err, fmt=marker, ms=4, color=colors[r["init"]], capsize=2)
         ax.axhline(born_dead_bound([width] * depth), color="k", ls="--", lw=1)
         ax.set_xticks(range(len(rows)), [r["init"] for r in rows], rotation=45, ha="right", fontsize=7)

@@ -41,7 +41,8 @@ def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, flo
     p = successes / n
     center = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, center - half), min(1.0, center + half)
+    # at p = 0 or 1 the exact bound is p itself: rounding must not put it past p
+    return min(p, max(0.0, center - half)), max(p, min(1.0, center + half))
 
 
 def born_dead_bound(widths) -> float:
