@@ -162,7 +162,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_workers_exit_and_leave_no_file_when_the_parent_is_killed(tmp_path):
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_workers_exit_and_leave_no_file_when_the_parent_is_killed(tmp_path, signal_name):
+    # reproduction (SIGTERM): `timeout 600 python -m experiments.anchor_reach --jobs 2` left
+    # /dev/shm/lpinit-<pid>-*.pkl behind when timeout stopped it
     import signal
     import subprocess
     import sys
@@ -176,7 +179,7 @@ def test_workers_exit_and_leave_no_file_when_the_parent_is_killed(tmp_path):
     time.sleep(1.5)  # mid-run: chunks at the workers, the shared file in place
     files = glob.glob(os.path.join(parallel.shared_folder(), f"lpinit-{parent.pid}-*.pkl"))
     assert files
-    parent.send_signal(signal.SIGKILL)
+    parent.send_signal(getattr(signal, signal_name))
     parent.wait()
     deadline = time.monotonic() + 5 * parallel.PARENT_POLL_S + 5
     while time.monotonic() < deadline and (any(map(_alive, workers)) or any(map(os.path.exists, files))):
