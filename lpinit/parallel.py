@@ -42,6 +42,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 from joblib.executor import get_memmapping_executor
+from joblib.externals.loky.backend import resource_tracker
 
 CHUNKS_PER_WORKER = 4
 """Guided scheduling: a chunk takes 1 / (this x workers) of the units left."""
@@ -299,12 +300,17 @@ def _shared_file(data: Any) -> Iterator[str]:
     # the parent's pid in the name: workers remove its files if it dies (_watch_parent)
     prefix = f"lpinit-{os.getpid()}-{uuid.uuid4().hex}-"
     descriptor, path = tempfile.mkstemp(prefix=prefix, suffix=".pkl", dir=shared_folder())
+    # loky's resource tracker outlives this process and the workers: if all of
+    # them die before the finally below (a signal while workers are inside
+    # HiGHS, where their watch thread may never run), it removes the file
+    resource_tracker.register(path, "file")
     try:
         with os.fdopen(descriptor, "wb") as f:
             pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
         yield path
     finally:
         os.remove(path)
+        resource_tracker.unregister(path, "file")
 
 
 _loaded: tuple[str | None, Any] = (None, None)  # (path, data): a worker's copy of the data of the call it works for
