@@ -15,6 +15,7 @@ import numpy as np
 from experiments.collapse.summary import init_sort_key
 from experiments.collapse.tasks import TASKS
 from experiments.collapse.theory import born_dead_bound
+from lpinit.files import write_atomic
 
 # Fixed colours, so an init looks the same in every figure.
 _BASE_COLORS = {
@@ -176,6 +177,6 @@ def rates_at(bd_rows: list[dict], cl_rows: list[dict], width: int, depth: int, p
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:], dpi=100))
     plt.close(fig)
     return path

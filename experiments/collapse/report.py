@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import os
 from collections import defaultdict
@@ -34,6 +35,7 @@ from experiments.collapse.summary import (
 from experiments.collapse.tasks import TASKS, get_task
 from experiments.collapse.theory import bound_safe_depth, safe_depth
 from experiments.ledger import read_lines
+from lpinit.files import write_atomic
 
 HEADLINE_WIDTH, HEADLINE_DEPTH = 2, 10
 SYMMETRIC = ("he", "default", "orthogonal", "lsuv")
@@ -347,7 +349,7 @@ def _consistency(records: list[dict]) -> str:
 def write_summary_csv(bd_rows, cl_rows, path: Path) -> None:
     fields = ["phase", "where", "width", "depth", "init", "k", "n", "rate", "ci_low", "ci_high", "bound",
               "died_in_training", "test_mse_mean", "test_mse_median", "train_mse_mean"]  # fmt: skip
-    with open(path, "w", newline="") as f:
+    with io.StringIO(newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in bd_rows:
@@ -364,6 +366,7 @@ def write_summary_csv(bd_rows, cl_rows, path: Path) -> None:
                     "train_mse_mean": r["train_mse"]["mean"],
                 }
             )
+        write_atomic(path, f.getvalue())  # a reader never sees half a table
 
 
 def _rel(path: Path, folder: Path) -> str:
@@ -378,7 +381,7 @@ def build_report(folder: Path) -> str:
     bd_rows, cl_rows = born_dead_rows(records), collapse_rows(records)
     if not bd_rows and not cl_rows:
         text = f"# Born dead and collapse\n\nNo finished cells in {folder} yet.\n"
-        (folder / "report.md").write_text(text)
+        write_atomic(folder / "report.md", text)
         return text
     write_summary_csv(bd_rows, cl_rows, folder / "summary.csv")
     figures = []
@@ -458,7 +461,7 @@ def build_report(folder: Path) -> str:
         "",
     ]
     text = "\n".join(lines)
-    (folder / "report.md").write_text(text)
+    write_atomic(folder / "report.md", text)
     return text
 
 

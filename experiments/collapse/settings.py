@@ -18,6 +18,7 @@ from pathlib import Path
 
 from experiments.collapse.inits import is_lp_family, parse_init
 from experiments.collapse.tasks import TASKS
+from lpinit.files import write_atomic
 
 DEFAULT_RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
 BASE_INITS = ("he", "default", "rai", "orthogonal", "lsuv")
@@ -266,9 +267,7 @@ def record_settings(s: CollapseSettings) -> None:
             )
         for k in ("tasks", "widths", "depths", "inits", "train_widths", "train_depths", "dense_train_widths"):
             merged[k] = list(dict.fromkeys([*old.get(k, []), *merged[k]]))
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(merged, indent=2) + "\n")
 
 
 def load_settings(results_dir: Path) -> dict:
