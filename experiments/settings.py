@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -386,6 +387,20 @@ class SettingsMismatch(RuntimeError):
     """A results folder holds runs made with a different recipe, or a seed range it cannot describe."""
 
 
+def refuse_other_recipe(
+    folder: Path, old: dict, asked: dict, fields: tuple[str, ...], name: Callable[[str], str] = str
+) -> None:
+    """Raise ``SettingsMismatch`` if ``asked`` differs from the folder's
+    ``settings.json`` (``old``) in a recipe field, each field shown by ``name``."""
+    diff = {k: (old.get(k), asked[k]) for k in fields if old.get(k) != asked[k]}
+    if diff:
+        lines = ", ".join(f"{name(k)}: folder has {a!r}, you asked {b!r}" for k, (a, b) in diff.items())
+        raise SettingsMismatch(
+            f"{folder} holds runs made with a different recipe ({lines}). "
+            "Use another --name (or --results-root), or delete that folder to start over."
+        )
+
+
 def _seed_range(values: dict) -> tuple[int, int]:
     return values["first_seed"], values["first_seed"] + values["seeds"]
 
@@ -415,13 +430,7 @@ def record_settings(s: Settings) -> dict:
             merged = {**asked, "invocations": [invocation]}
         else:
             old = json.loads(path.read_text())
-            diff = {k: (old.get(k), asked[k]) for k in RECIPE_FIELDS if old.get(k) != asked[k]}
-            if diff:
-                lines = ", ".join(f"{_flag(k)}: folder has {a!r}, you asked {b!r}" for k, (a, b) in diff.items())
-                raise SettingsMismatch(
-                    f"{folder} holds runs made with a different recipe ({lines}). "
-                    "Use another --name (or --results-root), or delete that folder to start over."
-                )
+            refuse_other_recipe(folder, old, asked, RECIPE_FIELDS, _flag)
             (a, b), (c, d) = _seed_range(old), _seed_range(asked)
             if c > b or a > d:
                 raise SettingsMismatch(

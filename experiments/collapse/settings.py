@@ -18,6 +18,8 @@ from pathlib import Path
 
 from experiments.collapse.inits import is_lp_family, parse_init
 from experiments.collapse.tasks import TASKS
+from experiments.settings import SettingsMismatch as SettingsMismatch  # raised by record_settings
+from experiments.settings import refuse_other_recipe
 from lpinit.files import write_atomic
 
 DEFAULT_RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
@@ -246,10 +248,6 @@ def seeds_for(s: CollapseSettings, init: str, phase: str) -> int:
     return s.lp_train_seeds if lp else s.train_seeds
 
 
-class SettingsMismatch(RuntimeError):
-    """A results folder holds runs made with a different recipe."""
-
-
 def record_settings(s: CollapseSettings) -> None:
     """Write ``settings.json``; refuse if the folder's recipe differs. The run
     axes (tasks, widths, depths, inits, ...) keep the union of what was asked."""
@@ -258,13 +256,7 @@ def record_settings(s: CollapseSettings) -> None:
     merged = s.to_dict()
     if path.is_file():
         old = json.loads(path.read_text())
-        diff = {k: (old.get(k), merged[k]) for k in RECIPE_FIELDS if old.get(k) != merged[k]}
-        if diff:
-            lines = ", ".join(f"{k}: folder has {a!r}, you asked {b!r}" for k, (a, b) in diff.items())
-            raise SettingsMismatch(
-                f"{s.results_dir} holds runs made with a different recipe ({lines}). "
-                "Use another --name (or --results-root), or delete that folder to start over."
-            )
+        refuse_other_recipe(s.results_dir, old, merged, RECIPE_FIELDS)
         for k in ("tasks", "widths", "depths", "inits", "train_widths", "train_depths", "dense_train_widths"):
             merged[k] = list(dict.fromkeys([*old.get(k, []), *merged[k]]))
     write_atomic(path, json.dumps(merged, indent=2) + "\n")
