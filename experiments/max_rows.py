@@ -25,6 +25,7 @@ import torch
 
 from lpinit import cnn, load_mnist, lp_initialize
 from lpinit.layer_rows import layer_rows
+from lpinit.tracing import capture_layer_io
 
 
 def layer_preactivations(model: torch.nn.Module, batch: torch.Tensor, name: str) -> np.ndarray:
@@ -32,11 +33,7 @@ def layer_preactivations(model: torch.nn.Module, batch: torch.Tensor, name: str)
     conv = model.get_submodule(name)
     assert isinstance(conv, torch.nn.Conv2d) and conv.bias is not None  # cnn()'s conv layers
     with torch.no_grad():
-        layer_input = batch
-        for child_name, child in model.named_children():
-            if child_name == name:
-                break
-            layer_input = child(layer_input)
+        ((layer_input, *_),) = capture_layer_io(model, [conv], lambda: model(batch), "input")
     rows = layer_rows(conv, layer_input)
     W = conv.weight.detach().double().numpy().reshape(conv.out_channels, -1)
     return rows.preactivations(W, conv.bias.detach().double().numpy())
