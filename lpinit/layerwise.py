@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
 from torch import nn
 from torch.func import functional_call
 
 from lpinit.counting import count_relu_zeros
 from lpinit.layer_rows import LayerRows, check_conv, choose_rows, layer_rows
+from lpinit.parallel import one_thread
 from lpinit.tracing import capture_layer_io, eval_mode, relu_fed_layers
 from lpinit.validation import check_choice, check_data_tensor, check_max_rows, check_model, check_seed, run_model
 
@@ -179,7 +179,7 @@ def adjust_layerwise(
     # one thread for torch's and numpy's CPU kernels, as the LP solver has: on a machine whose cores
     # are busy, threads that wait for each other at every small op cost far more than they bring
     # (README, benchmarks); the limits are restored on exit
-    with threadpool_limits(limits=1), eval_mode(model), torch.no_grad():
+    with one_thread(), eval_mode(model), torch.no_grad():
         chosen = _select_layers(model, batch, layers, caller)
         _refuse_shared_parameters(model, chosen, caller)
         zeros_before = count_relu_zeros(model, batch, batch.shape[0], patterns=False)

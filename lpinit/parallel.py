@@ -133,6 +133,24 @@ def workers_worth_starting(seconds_of_work: float) -> int:
     return int(seconds_of_work // (START_PAYBACK * WORKER_START_S))
 
 
+_THREADPOOLS: Any = None
+
+
+def one_thread() -> contextlib.AbstractContextManager:
+    """Limit numpy's and torch's BLAS/OpenMP pools to one thread until exit.
+
+    ``threadpool_limits`` scans the process's loaded libraries on every call
+    (``/proc/self/maps``, about a millisecond), which dominates a tiny layer's
+    LP; the libraries are scanned once here, after numpy and torch are loaded.
+    """
+    global _THREADPOOLS
+    if _THREADPOOLS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _THREADPOOLS = ThreadpoolController()
+    return _THREADPOOLS.limit(limits=1)
+
+
 def running_workers() -> int:
     """Worker processes up now (0 if the pool is down, or joblib replaced it)."""
     executor = _pool.get("executor")

@@ -186,3 +186,13 @@ def test_workers_exit_and_leave_no_file_when_the_parent_is_killed(tmp_path, sign
         time.sleep(0.2)
     assert not any(map(_alive, workers))
     assert not any(map(os.path.exists, files))
+
+
+def test_one_thread_limits_every_pool_and_restores_it():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    with threadpool_limits(limits=2):
+        before = [p["num_threads"] for p in threadpool_info()]
+        with parallel.one_thread():
+            assert {p["num_threads"] for p in threadpool_info()} == {1}
+        assert [p["num_threads"] for p in threadpool_info()] == before

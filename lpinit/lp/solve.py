@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 from joblib import cpu_count
-from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from lpinit import parallel
@@ -131,7 +130,7 @@ def solve_layer(
     # numpy's BLAS on one thread: after each call its idle threads spin for a
     # while, on the cores that HiGHS and the worker processes need
     with (
-        threadpool_limits(limits=1),
+        parallel.one_thread(),
         tqdm(total=W.shape[0], desc=desc, unit="unit", disable=progress_disabled(progress)) as bar,
     ):
         Z = H @ W.T + b  # column j: unit j's pre-activations
