@@ -96,6 +96,58 @@ def test_every_option_matches_linprog_in_both_solvers(name, relu_input):
         np.testing.assert_allclose(achieved, solution.objective, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", OPTIONS)
+@pytest.mark.parametrize("dual", [False, True])
+@pytest.mark.parametrize("case", ["tall", "wide", "shifted", "no bias"])
+def test_the_lp_and_its_dual_both_match_linprog(name, dual, case, monkeypatch):
+    """The fast path solves a unit's general LP as written, or its dual (by
+    default on tall layers); either form, on any shape, gives linprog's optimum."""
+    import lpinit.lp.highs
+    import lpinit.lp.solve
+
+    n, d_in = (12, 20) if case == "wide" else (30, 5)
+    H, W, b = small_layer(2, relu_input=False, n=n, d_in=d_in)
+    if case == "shifted":  # most of each column at one value, as MNIST's background: the shift applies
+        H[np.random.default_rng(3).random(H.shape) < 0.7] = -0.42
+    bias_bound = 0.0 if case == "no bias" else 0.2
+    options = OPTIONS[name]
+    f = Formulation(
+        d_in, 0.3, bias_bound, 0.2, options.get("l1", 0.0), options.get("anchor", False), options.get("target_active")
+    )
+    built = []
+    original = lpinit.lp.highs.GeneralLPs.from_layer
+
+    def forced(H, Z, formulation, hot_start, dual=None):
+        built.append(original(H, Z, formulation, hot_start, dual=forced_dual))
+        return built[-1]
+
+    forced_dual = dual
+    monkeypatch.setattr(lpinit.lp.solve.GeneralLPs, "from_layer", forced)
+    solution = solve_layer(H, W, b, weight_bound=0.3, bias_bound=bias_bound, margin=0.2, n_jobs=1, **options)
+    assert [lps.dual for lps in built] == [dual]
+    assert built[0].c.any() == (case == "shifted")
+    oracle = linprog_general(H, H @ W.T + b, f)
+    assert (oracle > 1e-3).sum() >= len(W) - 1  # not trivially zero
+    assert solution.status_counts() == {"optimal": len(W)}
+    np.testing.assert_allclose(solution.objective, oracle, rtol=1e-6, atol=1e-9)
+    Z = H @ W.T + b
+    achieved = f.objective(H, Z, solution.delta_weight, solution.delta_bias, f.active_rows(Z))
+    np.testing.assert_allclose(achieved, solution.objective, rtol=1e-9, atol=1e-12)
+    assert np.abs(solution.delta_weight).max() <= 0.3 + 1e-12
+    assert np.abs(solution.delta_bias).max() <= bias_bound + 1e-12
+    if options.get("anchor"):
+        np.testing.assert_allclose(solution.delta_weight @ H.mean(axis=0) + solution.delta_bias, 0.0, atol=1e-9)
+
+
+def test_tall_layers_get_the_dual_and_wide_ones_the_lp():
+    from lpinit.lp.highs import GeneralLPs
+
+    f = Formulation(5, 0.3, 0.2, 0.2, l1=0.1)
+    for (n, d_in), dual in (((30, 5), True), ((12, 20), False), ((6, 5), False)):
+        H, W, b = small_layer(0, relu_input=False, n=n, d_in=d_in)
+        assert GeneralLPs.from_layer(H, H @ W.T + b, f, hot_start=False).dual == dual
+
+
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 

@@ -4,7 +4,10 @@ solved with highspy on the reduced LP.
 On top of the reduction (dual fixing and the shift):
 
 1. *Built once.* The LP is built once per layer and process; per unit only
-   the row bounds change.
+   the row bounds change. The general form (anchor, ``l1``, targets) is
+   built as its dual on tall layers (more samples than weights, such as a
+   Conv2d's), where the dual's basis, a row per weight, is the smaller one
+   (``_DualModel``); per unit only its costs and bounds change.
 2. *Crash start.* Dual simplex starts each unit from every weight at the
    bound that raises the unit's short rows, with those rows' shortfalls
    basic (``_CrashStart``); a unit whose start already meets every margin is
@@ -475,13 +478,20 @@ class GeneralLPs:
     Z: np.ndarray  # (n, k) pre-activations before the change
     active: np.ndarray  # (n, k) bool: rows to be active (A_j)
     hot_start: bool  # start each unit from the previous unit's basis
+    dual: bool  # solve each unit's dual LP (``_DualModel``) instead of the LP itself
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells cached HiGHS instances apart
 
     @classmethod
-    def from_layer(cls, H: np.ndarray, Z: np.ndarray, formulation: Formulation, hot_start: bool) -> GeneralLPs:
+    def from_layer(
+        cls, H: np.ndarray, Z: np.ndarray, formulation: Formulation, hot_start: bool, dual: bool | None = None
+    ) -> GeneralLPs:
+        """``dual=None``: the dual on tall layers (more samples than weights
+        left, e.g. a Conv2d's), whose simplex basis it shrinks to the weights."""
         used = np.asarray((H != 0).any(axis=0))
         S, c = split_constant(H[:, used])
-        return cls(formulation, used, S, c, Z, formulation.active_rows(Z), hot_start)
+        if dual is None:
+            dual = H.shape[0] > int(used.sum()) + 1
+        return cls(formulation, used, S, c, Z, formulation.active_rows(Z), hot_start, dual)
 
 
 def solve_general(lps: GeneralLPs, *, n_jobs: int | None, time_limit_s: float | None, tick: Tick) -> LayerSolution:
@@ -577,14 +587,15 @@ class _GeneralModel:
         self.hbar = np.r_[self.dense_H.mean(axis=0), [1.0] * self.has_e]
         self.bound = np.r_[np.full(p, f.weight_bound), [f.bias_bound] * self.has_e]
         self.cost = np.r_[np.full(p, f.weight_cost()), [f.bias_cost()] * self.has_e]
-        self.split = np.r_[np.full(p, self.split_d), [self.split_e] * self.has_e]
+        self.split = np.r_[np.full(p, self.split_d), [self.split_e] * self.has_e].astype(bool)  # r_ of [] is float
         self.shortfall_cost = f.shortfall_cost()
         self.anchor = f.anchor
         self._margin = f.margin
+        self.formulation = f
         self._basis = highspy.HighsBasis()  # reused: HiGHS copies it
         self._basis.valid = True
 
-    def crash_basis(self, z: np.ndarray, active: np.ndarray) -> highspy.HighsBasis:
+    def crash_basis(self, z: np.ndarray, active: np.ndarray) -> highspy.HighsBasis | None:
         """A dual feasible start for one unit, close to its optimum.
 
         Rows taken to miss their side of the margin get their slack basic
@@ -680,11 +691,111 @@ class _GeneralModel:
             return 0.0, -1
         return float(at[order[crossing]]), int(owner[order[crossing]])
 
+    def pose(self, z: np.ndarray, active: np.ndarray) -> None:
+        """Make the instance hold this unit's LP: its rows' bounds."""
+        lower, upper = self.formulation.row_bounds(z, active)
+        inf = highspy.kHighsInf
+        self.highs.changeRowsBounds(self.n, self.rows, np.maximum(lower, -inf), np.minimum(upper, inf))  # type: ignore[attr-defined]
+
+    def read(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float, np.ndarray, float]:
+        """The change ``d, e`` in an optimal answer, and the multipliers
+        ``y`` (rows) and ``mu`` (anchor) of its duals."""
+        values, duals = np.asarray(answer.col_value), np.asarray(answer.row_dual)
+        d, e = self.change(values)
+        mu = float(duals[self.anchor_row]) if self.anchor_row is not None else 0.0
+        return d, e, duals[: self.n], mu
+
     def change(self, values: np.ndarray) -> tuple[np.ndarray, float]:
         """The weights' change ``d`` (of the used columns) and the bias change ``e`` in a HiGHS solution."""
         d = values[self.d_columns[0]] - (values[self.d_columns[1]] if self.split_d else 0.0)
         e = values[self.e_columns[0]] - (values[self.e_columns[1]] if self.split_e else 0.0) if self.has_e else 0.0
         return d, float(e)
+
+
+class _DualModel:
+    """A HiGHS instance holding the dual of a layer's general LP, built once.
+
+    The dual of a unit's LP (``Formulation.dual_bound`` as an LP), with the
+    change costs ``c_k`` (``lambda / rho``) and bounds ``u_k`` of the weights
+    and the bias::
+
+        maximize    sum_i y_i side_i - sum_k u_k (w+_k + w-_k)
+        subject to  v_k := (H^T y)_k + mu hbar_k = w0_k + w+_k - w-_k    (a row per weight, and the bias)
+                    y_i in [0, C] (rows to be active), [-C, 0] (the others)
+                    w0_k in [-c_k, c_k],  w+_k, w-_k >= 0,  mu free (anchor only)
+
+    with ``side_i = m - z_i`` or ``-m - z_i``. Its basis has a row per weight
+    instead of one per sample, so it is the smaller problem on tall layers.
+    The duals of its rows are ``-(d, e)``, the LP's optimal change; per unit
+    only the bounds and costs of ``y`` change. With the shift, ``H^T y = S^T y
+    + c T`` with one more row ``T = sum_i y_i``.
+    """
+
+    def __init__(self, lps: GeneralLPs, threads: int):
+        f, S, c = lps.formulation, lps.S, lps.c
+        n, p = S.shape
+        self.n, self.p, self.formulation = n, p, f
+        self.dense_H = S.toarray() + c
+        self.has_e = bool(f.bias_bound > 0)
+        shifted = bool(c.any())
+        bound = np.r_[np.full(p, f.weight_bound), [f.bias_bound] * self.has_e]
+        cost = np.r_[np.full(p, f.weight_cost()), [f.bias_cost()] * self.has_e]
+        free = bound > 0  # a weight the box fixes at 0 puts no limit on v_k: no row
+        keep = np.flatnonzero(free)
+        y_block = sp.vstack([S.T.tocsr(), sp.csr_matrix(np.ones((1, n)))]) if self.has_e else S.T.tocsr()
+        y_block = y_block[keep]
+        eye = sp.identity(len(keep), format="csr")
+        with_w0 = bool((cost[keep] > 0).any())
+        blocks = [y_block, *([-eye] if with_w0 else []), -eye, eye]
+        if shifted:
+            blocks.append(sp.csr_matrix(np.r_[c, [0.0] * self.has_e][keep].reshape(-1, 1)))
+        if f.anchor:
+            hbar = np.r_[self.dense_H.mean(axis=0), [1.0] * self.has_e][keep]
+            blocks.append(sp.csr_matrix(hbar.reshape(-1, 1)))
+        A = sp.hstack(blocks, format="csr")
+        if shifted:  # T - sum_i y_i = 0
+            t_row = sp.csr_matrix(([-1.0] * n + [1.0], ([0] * (n + 1), [*range(n), len(keep) * (2 + with_w0) + n])))
+            t_row.resize(1, A.shape[1])
+            A = sp.vstack([A, t_row], format="csr")
+        A = A.tocsc()
+        A.eliminate_zeros()
+        inf = highspy.kHighsInf
+        lower, upper, objective = np.zeros(A.shape[1]), np.zeros(A.shape[1]), np.zeros(A.shape[1])
+        at = n
+        if with_w0:
+            lower[at : at + len(keep)], upper[at : at + len(keep)] = -cost[keep], cost[keep]
+            at += len(keep)
+        for _ in range(2):  # w+ and w-
+            upper[at : at + len(keep)], objective[at : at + len(keep)] = inf, bound[keep]
+            at += len(keep)
+        lower[at:], upper[at:] = -inf, inf  # T and mu
+        self.mu_column = A.shape[1] - 1 if f.anchor else None
+        self.keep = keep
+        self.highs = _pass_model(A, objective, lower, upper, np.zeros(A.shape[0]), np.zeros(A.shape[0]), threads)
+        # measured (README, benchmarks): HiGHS's scaling costs this LP iterations
+        self.highs.setOptionValue("simplex_scale_strategy", 0)
+        self.rows = np.arange(n, dtype=np.int32)
+
+    def crash_basis(self, z: np.ndarray, active: np.ndarray) -> None:
+        """No start of our own: HiGHS's from the slack basis measured faster."""
+        return None
+
+    def pose(self, z: np.ndarray, active: np.ndarray) -> None:
+        """Make the instance hold this unit's dual: the bounds and costs of ``y``
+        (HiGHS minimizes, so the costs are ``-side``)."""
+        f = self.formulation
+        C = f.shortfall_cost()
+        side = np.where(active, f.margin - z, -f.margin - z)
+        self.highs.changeColsBounds(self.n, self.rows, np.where(active, 0.0, -C), np.where(active, C, 0.0))
+        self.highs.changeColsCost(self.n, self.rows, -side)
+
+    def read(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float, np.ndarray, float]:
+        """The LP's change ``d, e`` (minus the duals of the rows), ``y`` and ``mu``."""
+        change = np.zeros(self.p + self.has_e)
+        change[self.keep] = -np.asarray(answer.row_dual)[: len(self.keep)]
+        values = np.asarray(answer.col_value)
+        mu = float(values[self.mu_column]) if self.mu_column is not None else 0.0
+        return change[: self.p], float(change[self.p]) if self.has_e else 0.0, values[: self.n], mu
 
 
 _LOWER, _BASIC, _UPPER = 0, 1, 2
@@ -696,12 +807,13 @@ _STATUSES = np.array(
 _general_models = threading.local()
 
 
-def _general_model(lps: GeneralLPs, threads: int) -> _GeneralModel:
+def _general_model(lps: GeneralLPs, threads: int) -> _GeneralModel | _DualModel:
     """This thread's HiGHS instance for ``lps`` (kept for the layer's next chunk)."""
     key = (lps.token, threads)
     cached = getattr(_general_models, "last", None)
     if cached is None or cached[0] != key:
-        cached = _general_models.last = (key, _GeneralModel(lps, threads))
+        model = _DualModel(lps, threads) if lps.dual else _GeneralModel(lps, threads)
+        cached = _general_models.last = (key, model)
     return cached[1]
 
 
@@ -710,36 +822,30 @@ def _solve_general_chunk(
 ) -> LayerSolution:
     """Solve the general LPs of the units ``chunk`` on this thread's HiGHS
     instance for the layer, each from the previous unit's basis (``hot_start``)
-    or from the slack basis; check every answer against the duality bound."""
-    f = lps.formulation
+    or from a fresh start; check every answer against the duality bound."""
     model = _general_model(lps, threads)
     highs, n = model.highs, model.n
     Z, active = lps.Z[:, chunk], lps.active[:, chunk]
-    lower, upper = f.row_bounds(Z, active)
-    lower, upper = np.maximum(lower, -highspy.kHighsInf), np.minimum(upper, highspy.kHighsInf)
     units = len(chunk)
     solution = LayerSolution.empty(units, model.p)
     D, e, Y, mu = np.zeros((units, model.p)), np.zeros(units), np.zeros((n, units)), np.zeros(units)
     solved = np.zeros(units, dtype=bool)
 
     def solve(k: int, presolve: str) -> None:
-        crash = model.crash_basis(Z[:, k], active[:, k]) if presolve == "off" and not lps.hot_start else None
+        fresh = presolve == "on" or not lps.hot_start
+        start = model.crash_basis(Z[:, k], active[:, k]) if presolve == "off" and fresh else None
         began = time.perf_counter()  # solver time: the unit's HiGHS calls, from its bounds to its answer
-        highs.changeRowsBounds(n, model.rows, lower[:, k], upper[:, k])  # type: ignore[attr-defined]
-        if presolve == "on" or not lps.hot_start:
+        model.pose(Z[:, k], active[:, k])
+        if fresh:
             highs.clearSolver()
-        if crash is not None:
-            highs.setBasis(crash)
+        if start is not None:
+            highs.setBasis(start)
         highs.setOptionValue("presolve", presolve)
         status, iterations = _run(highs, time_limit_s, iteration_cap(n))
         solution.status[k] = status
         solution.iterations[k] += iterations
         if status == OPTIMAL:
-            answer = highs.getSolution()
-            values, duals = np.asarray(answer.col_value), np.asarray(answer.row_dual)
-            D[k], e[k] = model.change(values)
-            Y[:, k] = duals[:n]
-            mu[k] = duals[model.anchor_row] if model.anchor_row is not None else 0.0
+            D[k], e[k], Y[:, k], mu[k] = model.read(highs.getSolution())
             solved[k] = True
         solution.solver_time_s[k] += time.perf_counter() - began
 
@@ -762,7 +868,7 @@ def _solve_general_chunk(
 
 def _accept_general(
     lps: GeneralLPs,
-    model: _GeneralModel,
+    model: _GeneralModel | _DualModel,
     Z: np.ndarray,
     active: np.ndarray,
     D: np.ndarray,
