@@ -423,3 +423,26 @@ def test_a_layer_with_constant_preactivations_and_a_target_gets_a_clear_error():
     with pytest.raises(ValueError, match=r"Layer '2' has the same pre-activation on every row.*dead"):
         lp_initialize(model, x, n_jobs=1, layers=["2"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_stalled_lp_is_finished_on_its_dual(monkeypatch):
+    """Simplex stopped by the iteration cap (a stall) on the LP itself: the
+    unit is solved again as the dual, and the answer is still linprog's."""
+    import lpinit.lp.highs as highs_path
+
+    H, W, b = small_layer(4, relu_input=True, n=12, d_in=20)  # wide: the LP itself first
+    f = Formulation(20, 0.3, 0.2, 0.2, anchor=True)
+    caps = []
+
+    def tiny_cap(rows):
+        caps.append(rows)
+        return 1  # every first run stalls; the dual's run then finishes by IPM
+
+    monkeypatch.setattr(highs_path, "iteration_cap", tiny_cap)
+    solution = solve_layer(H, W, b, weight_bound=0.3, bias_bound=0.2, margin=0.2, n_jobs=1, anchor=True)
+    assert solution.status_counts() == {"optimal": len(W)}
+    np.testing.assert_allclose(solution.objective, linprog_general(H, H @ W.T + b, f), rtol=1e-6, atol=1e-9)
+    models = highs_path._general_models.last[1]
+    assert set(models) == {False, True}  # the LP and its dual were both built
+    # two stalls of the LP, then the dual directly: one capped run per unit, plus the two stalled ones
+    assert len(caps) == len(W) + 2

@@ -418,13 +418,17 @@ def swallow_highs_banner() -> None:
             _banner_swallowed = True
 
 
-def _run(highs: highspy.Highs, time_limit_s: float | None, iteration_cap: int | None = None) -> tuple[str, int]:
+def _run(
+    highs: highspy.Highs, time_limit_s: float | None, iteration_cap: int | None = None, finish_by_ipm: bool = True
+) -> tuple[str, int]:
     """Run HiGHS; return the unit status and the simplex iterations.
 
     With ``iteration_cap``, a dual simplex run that stalls past it (as it can
     on degenerate LPs with a large box, taking tens of thousands of iterations)
     is finished by the interior point method with crossover instead, from
-    scratch, which yields a basic optimum and its duals all the same.
+    scratch, which yields a basic optimum and its duals all the same; with
+    ``finish_by_ipm=False`` it stops there (status ``"time_limit"``) and the
+    caller finishes it.
     """
     # HiGHS's time_limit counts the instance's total run time over all runs.
     limit = highspy.kHighsInf if time_limit_s is None else highs.getRunTime() + time_limit_s
@@ -432,7 +436,8 @@ def _run(highs: highspy.Highs, time_limit_s: float | None, iteration_cap: int | 
     highs.setOptionValue("simplex_iteration_limit", iteration_cap if iteration_cap is not None else _NO_LIMIT)
     highs.run()
     iterations = max(0, highs.getInfo().simplex_iteration_count)
-    if iteration_cap is not None and highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit:
+    stalled = iteration_cap is not None and highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
+    if stalled and finish_by_ipm:
         highs.setOptionValue("simplex_iteration_limit", _NO_LIMIT)
         highs.setOptionValue("solver", "ipm")
         highs.clearSolver()
@@ -807,14 +812,17 @@ _STATUSES = np.array(
 _general_models = threading.local()
 
 
-def _general_model(lps: GeneralLPs, threads: int) -> _GeneralModel | _DualModel:
-    """This thread's HiGHS instance for ``lps`` (kept for the layer's next chunk)."""
+def _general_model(lps: GeneralLPs, threads: int, dual: bool) -> _GeneralModel | _DualModel:
+    """This thread's HiGHS instance for ``lps`` as the LP itself or as its
+    dual (kept for the layer's next chunk)."""
     key = (lps.token, threads)
     cached = getattr(_general_models, "last", None)
     if cached is None or cached[0] != key:
-        model = _DualModel(lps, threads) if lps.dual else _GeneralModel(lps, threads)
-        cached = _general_models.last = (key, model)
-    return cached[1]
+        cached = _general_models.last = (key, {})
+    models = cached[1]
+    if dual not in models:
+        models[dual] = _DualModel(lps, threads) if dual else _GeneralModel(lps, threads)
+    return models[dual]
 
 
 def _solve_general_chunk(
@@ -822,31 +830,49 @@ def _solve_general_chunk(
 ) -> LayerSolution:
     """Solve the general LPs of the units ``chunk`` on this thread's HiGHS
     instance for the layer, each from the previous unit's basis (``hot_start``)
-    or from a fresh start; check every answer against the duality bound."""
-    model = _general_model(lps, threads)
-    highs, n = model.highs, model.n
+    or from a fresh start; check every answer against the duality bound.
+
+    A unit whose LP stalls (dual simplex past ``iteration_cap``, as on
+    degenerate LPs with a large box) is finished on the dual LP, where
+    simplex takes another path, and after two stalls the chunk's other units
+    go to the dual directly; a stalled dual is finished by the interior point
+    method."""
+    model = _general_model(lps, threads, lps.dual)
+    n = model.n
     Z, active = lps.Z[:, chunk], lps.active[:, chunk]
     units = len(chunk)
     solution = LayerSolution.empty(units, model.p)
     D, e, Y, mu = np.zeros((units, model.p)), np.zeros(units), np.zeros((n, units)), np.zeros(units)
     solved = np.zeros(units, dtype=bool)
 
-    def solve(k: int, presolve: str) -> None:
-        fresh = presolve == "on" or not lps.hot_start
-        start = model.crash_basis(Z[:, k], active[:, k]) if presolve == "off" and fresh else None
-        began = time.perf_counter()  # solver time: the unit's HiGHS calls, from its bounds to its answer
-        model.pose(Z[:, k], active[:, k])
+    def run_on(on: _GeneralModel | _DualModel, k: int, presolve: str, fresh: bool) -> str:
+        start = on.crash_basis(Z[:, k], active[:, k]) if presolve == "off" and fresh else None
+        on.pose(Z[:, k], active[:, k])
         if fresh:
-            highs.clearSolver()
+            on.highs.clearSolver()
         if start is not None:
-            highs.setBasis(start)
-        highs.setOptionValue("presolve", presolve)
-        status, iterations = _run(highs, time_limit_s, iteration_cap(n))
-        solution.status[k] = status
+            on.highs.setBasis(start)
+        on.highs.setOptionValue("presolve", presolve)
+        status, iterations = _run(on.highs, time_limit_s, iteration_cap(n), finish_by_ipm=on is not model or lps.dual)
         solution.iterations[k] += iterations
         if status == OPTIMAL:
-            D[k], e[k], Y[:, k], mu[k] = model.read(highs.getSolution())
-            solved[k] = True
+            D[k], e[k], Y[:, k], mu[k] = on.read(on.highs.getSolution())
+        return status
+
+    stalls = 0
+
+    def solve(k: int, presolve: str) -> None:
+        nonlocal stalls
+        began = time.perf_counter()  # solver time: the unit's HiGHS calls, from its bounds to its answer
+        # after two stalls, the layer's LPs are taken to stall (a property of the box): straight to the dual
+        status = TIME_LIMIT
+        if stalls < 2:
+            status = run_on(model, k, presolve, fresh=presolve == "on" or not lps.hot_start)
+        if stalls >= 2 or model.highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit:
+            stalls += 1
+            status = run_on(_general_model(lps, threads, dual=True), k, presolve, fresh=True)
+        solution.status[k] = status
+        solved[k] = status == OPTIMAL
         solution.solver_time_s[k] += time.perf_counter() - began
 
     for k in range(units):
@@ -859,7 +885,7 @@ def _solve_general_chunk(
         solve(k, "on")
         if solution.status[k] == OPTIMAL:
             _accept_general(lps, model, Z, active, D, e, Y, mu, np.array([k]), solution)
-    highs.setOptionValue("presolve", "off")
+    model.highs.setOptionValue("presolve", "off")
 
     delta_weight = np.zeros((units, len(lps.used)))  # unused input columns: no change
     delta_weight[:, lps.used] = solution.delta_weight
