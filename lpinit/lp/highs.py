@@ -819,7 +819,7 @@ def _general_model(lps: GeneralLPs, threads: int, dual: bool) -> _GeneralModel |
     cached = getattr(_general_models, "last", None)
     if cached is None or cached[0] != key:
         cached = _general_models.last = (key, {})
-    models = cached[1]
+    models: dict[bool, _GeneralModel | _DualModel] = cached[1]
     if dual not in models:
         models[dual] = _DualModel(lps, threads) if dual else _GeneralModel(lps, threads)
     return models[dual]
