@@ -584,6 +584,8 @@ class _GeneralModel:
         self.anchor_row = A.shape[0] - 1 if f.anchor else None
         row_upper = np.concatenate([np.full(n, inf), np.zeros(A.shape[0] - n)])  # samples: set per unit
         self.highs = _pass_model(A, cost, lower, upper, np.zeros(A.shape[0]), row_upper, threads)
+        # measured (README, benchmarks): HiGHS's scaling costs these LPs iterations, as it does their dual
+        self.highs.setOptionValue("simplex_scale_strategy", 0)
         self.rows = np.arange(n, dtype=np.int32)
         self.dense_H = S.toarray() + c
         self.columns, self.shifted = A.shape[1], shifted
