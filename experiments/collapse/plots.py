@@ -86,7 +86,7 @@ def born_dead_vs_depth(rows: list[dict], inputs: str, path: Path) -> Path:
         ax.set_ylim(-0.02 * top, 1.05 * top)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    _legend_outside(fig, axes)
     return _save(fig, path)
 
 
@@ -102,7 +102,7 @@ def collapse_vs_depth(rows: list[dict], task: str, path: Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    _legend_outside(fig, axes)
     return _save(fig, path)
 
 
@@ -175,8 +175,17 @@ def rates_at(bd_rows: list[dict], cl_rows: list[dict], width: int, depth: int, p
     return _save(fig, path)
 
 
+def _legend_outside(fig, axes) -> None:
+    """One legend for all panels, right of them, where it hides no line."""
+    labels: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labels.setdefault(label, handle)
+    fig.legend(labels.values(), labels.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:], dpi=100))
+    write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix[1:], dpi=100, bbox_inches="tight"))
     plt.close(fig)
     return path
