@@ -104,9 +104,13 @@ def variant_options(variant: str, target: float) -> dict[str, Any]:
     return options[variant]
 
 
+NAIVE_HIGHS_S = [0.0]
+"""Seconds that (i) spent inside HiGHS (cvxpy's ``solver_stats.solve_time``), summed over its calls."""
+
+
 def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[float, np.ndarray]:
     """(i): a new cvxpy problem for every unit, the LP as ``lpinit.lp.problem``
-    writes it. Returns seconds and objectives."""
+    writes it. Returns seconds and objectives (and adds HiGHS's share to ``NAIVE_HIGHS_S``)."""
     start = time.perf_counter()
     f = Formulation(
         H.shape[1],
@@ -130,6 +134,7 @@ def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[f
         change = f.weight_cost() * cp.norm1(d) + f.bias_cost() * cp.abs(e)
         problem = cp.Problem(cp.Minimize(f.shortfall_cost() * cp.sum(s) + change), constraints)
         problem.solve(solver=cp.HIGHS)
+        NAIVE_HIGHS_S[0] += problem.solver_stats.solve_time or 0.0
         objectives.append(problem.value if problem.status == cp.OPTIMAL else np.nan)
     return time.perf_counter() - start, np.array(objectives)
 
@@ -191,6 +196,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--strategies", action="store_true", help="--model cnn: time HiGHS's algorithms and starts on conv1 and conv2"
+    )
+    parser.add_argument(
+        "--forms",
+        action="store_true",
+        help="--model cnn: solve each variant's LPs (not the plain LP's) as the LP itself and as its dual",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="MNIST training images per batch")
     parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batch draw")
@@ -267,12 +277,14 @@ def main() -> None:
     default, first, again = totals[default_label], totals[first_label], totals[again_label]
 
     if not args.skip_reference:
-        naive_s = dpp_s = worst = 0.0
+        naive_s = naive_highs_s = dpp_s = worst = 0.0
         for (_, H, W, b), (_, fast) in zip(layers, runs[default_label], strict=True):
             m = min(args.reference_units, W.shape[0])
             bounds = benchmark_bounds(H, W, b)
+            NAIVE_HIGHS_S[0] = 0.0
             seconds, naive_objective = naive_cvxpy(H, W[:m], b[:m], **bounds, **options)
             naive_s += seconds * W.shape[0] / m
+            naive_highs_s += NAIVE_HIGHS_S[0] * W.shape[0] / m
             dpp = solve_layer(H, W[:m], b[:m], solver="cvxpy", **bounds, **options)
             dpp_s += dpp.wall_time_s * W.shape[0] / m
             for other in (naive_objective, dpp.objective):
@@ -288,6 +300,7 @@ def main() -> None:
         rows.append((f"HiGHS alone: its time ({again_label}) / {jobs}", again["highs_s"] / jobs))
         for label, seconds in rows:
             print(f"  {label:<48}{seconds:8.2f} s   (i) / this = {naive_s / seconds:6.1f}x")
+        print(f"  (i) spent {naive_highs_s:.2f} s inside HiGHS ({naive_highs_s / naive_s:.0%} of it)")
         print(f"  objectives of (i), (ii) and (iii) agree to {worst:.1e} (relative, on the units timed)")
         speedup, seconds, share = (20, 10, 90) if args.variant == "plain" else (50, 15, 85)
         print(
@@ -376,6 +389,40 @@ def naive_cvxpy_general(H, W, b, kwargs) -> tuple[float, np.ndarray]:
     )
 
 
+def forms(recorded: list[tuple]) -> str:
+    """Each recorded layer's general LPs solved as the LP itself and as its
+    dual (``lpinit.lp.highs``), in this process, side by side."""
+    from lpinit.lp.highs import GeneralLPs, solve_general
+    from lpinit.validation import check_formulation
+
+    lines = ["  each layer's LPs as the LP itself and as its dual (one process; * = the form solve_layer picks):"]
+    for name, H, W, b, kwargs, solution in recorded:
+        f = check_formulation(
+            H.shape[1],
+            kwargs["weight_bound"],
+            kwargs["bias_bound"],
+            kwargs["margin"],
+            kwargs["l1"],
+            kwargs["anchor"],
+            kwargs["target_active"],
+        )
+        Z = H @ W.T + b
+        timed = []
+        for dual in (False, True):
+            lps = GeneralLPs.from_layer(H, Z, f, hot_start=not (f.anchor or H.shape[0] > H.shape[1]), dual=dual)
+            start = time.perf_counter()
+            s = solve_general(lps, n_jobs=1, time_limit_s=None, tick=lambda _: None)
+            seconds = time.perf_counter() - start
+            agree = np.abs(s.objective - solution.objective).max() / max(1.0, np.abs(solution.objective).max())
+            picked = "*" if dual == GeneralLPs.from_layer(H, Z[:, :1], f, hot_start=False).dual else " "
+            timed.append(
+                f"{'dual' if dual else 'LP'}{picked} {seconds:6.2f} s ({s.iterations.sum():,} iterations, "
+                f"{s.status_counts()}, objectives within {agree:.0e})"
+            )
+        lines.append(f"    {name} ({H.shape[0]:,} rows x {H.shape[1]} weights): " + "; ".join(timed))
+    return "\n".join(lines)
+
+
 def time_cnn(batch: torch.Tensor, seed: int, repeats: int, **options) -> tuple[float, lpinit.initialize.LPInitReport]:
     """The median wall time of ``lp_initialize`` on a fresh ``cnn()``, and its last report."""
     times, report = [], None
@@ -414,18 +461,26 @@ def main_cnn(args: argparse.Namespace) -> None:
         result: dict = dict(wall_s=wall, layers=[(r.name, r.wall_time_s) for r in report.layers])
         if not args.skip_reference:
             torch.manual_seed(args.seed)
-            naive_s, worst = 0.0, 0.0
+            naive_s, naive_highs_s, worst = 0.0, 0.0, 0.0
             for name, H, W, b, kwargs, solution in record_lps(cnn(), batch, n_jobs=1, **options):
                 m = min(args.reference_units, W.shape[0])
+                NAIVE_HIGHS_S[0] = 0.0
                 seconds, objective = naive_cvxpy_general(H, W[:m], b[:m], kwargs)
                 naive_s += seconds * W.shape[0] / m
+                naive_highs_s += NAIVE_HIGHS_S[0] * W.shape[0] / m
                 difference = np.abs(objective - solution.objective[:m]) / np.maximum(1.0, np.abs(objective))
                 worst = max(worst, float(difference.max()))
                 print(f"    (i) {name}: {seconds / m:.2f} s per unit, x {W.shape[0]} units")
             print(
-                f"  (i) cvxpy rebuilt per unit, extrapolated from {args.reference_units} per layer: {naive_s:.1f} s; "
-                f"(i) / lp_initialize = {naive_s / wall:.0f}x; objectives agree to {worst:.1e} (relative)"
+                f"  (i) cvxpy rebuilt per unit, extrapolated from {args.reference_units} per layer: {naive_s:.1f} s, "
+                f"of which {naive_highs_s:.1f} s inside HiGHS; (i) / lp_initialize = {naive_s / wall:.0f}x; "
+                f"objectives agree to {worst:.1e} (relative)"
             )
+            effective = {**DEFAULTS, **options}
+            general = effective["anchor"] or effective["l1"] or effective["target_active"] is not None
+            if args.forms and general:  # the plain LP has one form (lpinit.lp.problem)
+                torch.manual_seed(args.seed)
+                print(forms(record_lps(cnn(), batch, n_jobs=1, **options)))
             print(f"  goals: whole CNN {wall:.2f} s (< 10 s), {naive_s / wall:.0f}x (i) (>= 20x)")
             result.update(naive_cvxpy_s=naive_s, max_objective_difference=worst)
         record[variant] = result
