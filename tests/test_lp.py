@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import highspy
 import numpy as np
@@ -484,3 +485,62 @@ def test_benchmark_script_runs_on_a_tiny_budget(variant, monkeypatch, capsys, tm
     record = json.loads(out.read_text())
     assert set(record) >= {"settings", "fast", "naive_cvxpy_s", "dpp_cvxpy_s"}
     assert record["max_objective_difference"] < 1e-6  # (i), (ii) and (iii) reach the same optima
+
+
+def _cycling_lp():
+    """A unit's target LP from deep in a width-2, 20-layer network whose activations grew to 3e9
+    (the collapse study, lp_target@0.7, seed 711): unscaled simplex cycles on it."""
+    import highspy
+
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    highs.readModel(str(Path(__file__).parent / "data" / "cycles_unscaled.mps.gz"))
+    highs.setOptionValue("presolve", "off")
+    return highs
+
+
+def _linprog_of(highs) -> float:
+    """The optimum of the LP held by ``highs``, by scipy's linprog from its arrays."""
+    lp = highs.getLp()
+    A = sp.csc_matrix((lp.a_matrix_.value_, lp.a_matrix_.index_, lp.a_matrix_.start_), shape=(lp.num_row_, lp.num_col_))
+    lower, upper = np.array(lp.row_lower_), np.array(lp.row_upper_)
+    finite_up, finite_low = np.isfinite(upper) & (upper < 1e30), np.isfinite(lower) & (lower > -1e30)
+    A_ub = sp.vstack([A[finite_up], -A[finite_low]])
+    b_ub = np.r_[upper[finite_up], -lower[finite_low]]
+    bounds = [
+        (lo if lo > -1e30 else None, up if up < 1e30 else None)
+        for lo, up in zip(lp.col_lower_, lp.col_upper_, strict=True)
+    ]
+    # presolve off: HiGHS's presolve takes about a minute on this LP
+    result = linprog(lp.col_cost_, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs-ds", options={"presolve": False})
+    assert result.status == 0
+    return float(result.fun)
+
+
+def test_a_stall_of_unscaled_simplex_is_rerun_with_highs_scaling():
+    from lpinit.lp.highs import _run, iteration_cap
+
+    highs = _cycling_lp()
+    highs.setOptionValue("simplex_scale_strategy", 0)
+    highs.setOptionValue("simplex_iteration_limit", iteration_cap(128))
+    highs.run()
+    assert highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit  # it does cycle, unscaled
+
+    highs = _cycling_lp()
+    highs.setOptionValue("simplex_scale_strategy", 0)
+    status, _ = _run(highs, None, iteration_cap(128), finish_by_ipm=False)
+    assert status == "optimal"
+    assert highs.getOptionValue("simplex_scale_strategy")[1] == 0  # the instance's own setting is restored
+    assert highs.getInfo().objective_function_value == pytest.approx(_linprog_of(highs), rel=1e-6)
+
+
+def test_every_fallback_stage_is_bounded(monkeypatch):
+    """With every stage capped at a few iterations, _run returns a status instead of running on."""
+    import lpinit.lp.highs as fast
+
+    monkeypatch.setattr(fast, "_IPM_ITERATION_LIMIT", 1)
+    highs = _cycling_lp()
+    status, _ = fast._run(highs, None, iteration_cap=1)
+    assert status == "time_limit"  # a unit that keeps its weights, reported as such
+    assert highs.getOptionValue("ipm_iteration_limit")[1] == fast._NO_LIMIT
+    assert highs.getOptionValue("solver")[1] == "choose"

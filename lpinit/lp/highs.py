@@ -423,12 +423,16 @@ def _run(
 ) -> tuple[str, int]:
     """Run HiGHS; return the unit status and the simplex iterations.
 
-    With ``iteration_cap``, a dual simplex run that stalls past it (as it can
-    on degenerate LPs with a large box, taking tens of thousands of iterations)
-    is finished by the interior point method with crossover instead, from
-    scratch, which yields a basic optimum and its duals all the same; with
-    ``finish_by_ipm=False`` it stops there (status ``"time_limit"``) and the
-    caller finishes it.
+    With ``iteration_cap``, a simplex run that stalls past it (as it can on
+    degenerate LPs with a large box, taking tens of thousands of iterations)
+    is run again from scratch with HiGHS's own scaling if the instance had it
+    off (unscaled simplex can cycle on badly scaled LPs, such as a deep layer
+    whose activations grew to 1e9), then, if it still stalls, finished by the
+    interior point method with crossover, which yields a basic optimum and its
+    duals all the same; with ``finish_by_ipm=False`` it stops before that
+    (status ``"time_limit"``) and the caller finishes it. Every stage has an
+    iteration limit: a unit that none of them solves keeps its weights
+    (status ``"time_limit"``) rather than holding up the call.
     """
     # HiGHS's time_limit counts the instance's total run time over all runs.
     limit = highspy.kHighsInf if time_limit_s is None else highs.getRunTime() + time_limit_s
@@ -436,19 +440,36 @@ def _run(
     highs.setOptionValue("simplex_iteration_limit", iteration_cap if iteration_cap is not None else _NO_LIMIT)
     highs.run()
     iterations = max(0, highs.getInfo().simplex_iteration_count)
-    stalled = iteration_cap is not None and highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
-    if stalled and finish_by_ipm:
-        highs.setOptionValue("simplex_iteration_limit", _NO_LIMIT)
+
+    def stalled() -> bool:
+        return iteration_cap is not None and highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
+
+    scaling = highs.getOptionValue("simplex_scale_strategy")[1]
+    if stalled() and scaling != _HIGHS_SCALING:
+        highs.setOptionValue("simplex_scale_strategy", _HIGHS_SCALING)
+        highs.clearSolver()
+        try:
+            highs.run()
+        finally:
+            highs.setOptionValue("simplex_scale_strategy", scaling)
+        iterations += max(0, highs.getInfo().simplex_iteration_count)
+    if stalled() and finish_by_ipm:
+        assert iteration_cap is not None
+        highs.setOptionValue("simplex_iteration_limit", 10 * iteration_cap)  # crossover's
+        highs.setOptionValue("ipm_iteration_limit", _IPM_ITERATION_LIMIT)
         highs.setOptionValue("solver", "ipm")
         highs.clearSolver()
         try:
             highs.run()
         finally:
             highs.setOptionValue("solver", "choose")
+            highs.setOptionValue("ipm_iteration_limit", _NO_LIMIT)
         iterations += max(0, highs.getInfo().simplex_iteration_count)  # crossover's
     return status_group(highs.getModelStatus(), HIGHS_STATUS_GROUPS), iterations
 
 
+_HIGHS_SCALING = 2  # HiGHS's default simplex_scale_strategy
+_IPM_ITERATION_LIMIT = 1000  # interior point methods take tens of iterations; thousands mean trouble
 _NO_LIMIT = 2**31 - 1  # HiGHS's default simplex_iteration_limit
 
 
