@@ -122,7 +122,7 @@ def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[f
         options.get("target_active"),
     )
     Z = H @ W.T + b
-    active = f.active_rows(Z)
+    active = f.active_rows(Z, H)
     objectives = []
     for j in range(W.shape[0]):
         d, e, s = cp.Variable(H.shape[1]), cp.Variable(), cp.Variable(H.shape[0], nonneg=True)

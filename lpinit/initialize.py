@@ -368,7 +368,8 @@ def lp_initialize(
         }
         if target_active is not None:  # active exactly on the target rows of H (signs survive rescaling)
             Z_lp = layer.H @ W_new.T + b_new
-            measured["met_target"] = int(((Z_lp > 0) == top_rows(layer.Z, target_active)).all(axis=0).sum())
+            targets = top_rows(layer.Z, target_active, layer.H)
+            measured["met_target"] = int(((Z_lp > 0) == targets).all(axis=0).sum())
         return W_new, b_new, (solution, measured)
 
     result = adjust_layerwise(model, batch, solve, layers=layers, rescale=rescale, max_rows=max_rows, row_seed=row_seed)

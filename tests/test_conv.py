@@ -572,3 +572,33 @@ def test_the_max_rows_table_of_the_target_lp_on_conv2(monkeypatch, capsys):
     for line in lines[2:]:
         met, units, off_target = int(line.split()[5]), int(line.split()[7]), float(line.split()[8])
         assert 0 <= met <= units == 16 and 0.0 <= off_target <= 0.5
+
+
+def test_identical_input_rows_share_a_side_so_targets_can_be_met(monkeypatch):
+    """Blank patches (a zero background) give identical LP rows, which no change of the
+    weights can split: the target puts each such group on one side, and the LP meets it."""
+    x = torch.zeros(6, 2, 8, 8, dtype=torch.float64)
+    x[:, :, 1:3, 1:3] = torch.randn(6, 2, 2, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU()).double()
+    seen = spy_on_lp_inputs(monkeypatch)
+    report = lp_initialize(model, x, target_active=0.5, radius=3.0, n_jobs=1, rescale=None)
+    (H,) = seen
+    blank = ~H.any(axis=1)
+    assert blank.sum() > 1  # the background patches
+    z_new = H @ model[0].weight.detach().numpy().reshape(3, -1).T + model[0].bias.detach().numpy()
+    for j in range(3):
+        assert len(np.unique(z_new[blank, j] > 0)) == 1  # the blank rows on one side
+    assert report.layers[0].met_target == 3
+
+
+def test_top_rows_keeps_identical_rows_together_by_their_majority():
+    from lpinit.lp.problem import top_rows
+
+    H = np.array([[0.0], [0.0], [0.0], [1.0], [2.0], [3.0]])
+    Z = np.array([[5.0], [4.0], [-1.0], [3.0], [2.0], [1.0]])  # top 3 by z: rows 0, 1, 3
+    assert top_rows(Z, 0.5)[:, 0].tolist() == [True, True, False, True, False, False]
+    # rows 0-2 are one input row: two of them are in the top half, so all three are active
+    assert top_rows(Z, 0.5, H)[:, 0].tolist() == [True, True, True, True, False, False]
+    Z2 = np.array([[5.0], [-4.0], [-1.0], [3.0], [2.0], [1.0]])  # one of three on top: all inactive
+    assert top_rows(Z2, 0.5, H)[:, 0].tolist() == [False, False, False, True, True, False]

@@ -24,7 +24,8 @@ def linprog_general(H: np.ndarray, Z: np.ndarray, f: Formulation) -> np.ndarray:
     from the module docstring of ``lpinit.lp.problem``: variables
     ``[d+, d-, e+, e-, s]``, one row ``sigma_i (z_i + H_i d + e) + s_i >= m`` per
     sample, ``sigma_i = +1`` on the ``ceil(q n)`` largest ``z_i`` (all rows
-    without a target) and ``-1`` on the others."""
+    without a target) and ``-1`` on the others, then every group of samples
+    with the same input row on the side most of the group is on (half: +1)."""
     n, d_in = H.shape
     optima = []
     for j in range(Z.shape[1]):
@@ -34,6 +35,11 @@ def linprog_general(H: np.ndarray, Z: np.ndarray, f: Formulation) -> np.ndarray:
             count = math.ceil(f.target_active * n - 1e-9)
             sigma = -np.ones(n)
             sigma[np.argsort(-Z[:, j], kind="stable")[:count]] = 1.0
+            groups: dict[bytes, list[int]] = {}
+            for i in range(n):
+                groups.setdefault(H[i].tobytes(), []).append(i)
+            for rows in groups.values():
+                sigma[rows] = 1.0 if sigma[rows].sum() >= 0 else -1.0
         signed = sigma[:, None]
         A_ub = -np.hstack([signed * H, -signed * H, signed, -signed, np.eye(n)])
         b_ub = -(f.margin - sigma * Z[:, j])
@@ -92,7 +98,7 @@ def test_every_option_matches_linprog_in_both_solvers(name, relu_input):
         assert np.abs(solution.delta_weight).max() <= 0.3 + 1e-12
         assert np.abs(solution.delta_bias).max() <= 0.2 + 1e-12
         Z = H @ W.T + b
-        achieved = f.objective(H, Z, solution.delta_weight, solution.delta_bias, f.active_rows(Z))
+        achieved = f.objective(H, Z, solution.delta_weight, solution.delta_bias, f.active_rows(Z, H))
         np.testing.assert_allclose(achieved, solution.objective, rtol=1e-9, atol=1e-12)
 
 
@@ -131,7 +137,7 @@ def test_the_lp_and_its_dual_both_match_linprog(name, dual, case, monkeypatch):
     assert solution.status_counts() == {"optimal": len(W)}
     np.testing.assert_allclose(solution.objective, oracle, rtol=1e-6, atol=1e-9)
     Z = H @ W.T + b
-    achieved = f.objective(H, Z, solution.delta_weight, solution.delta_bias, f.active_rows(Z))
+    achieved = f.objective(H, Z, solution.delta_weight, solution.delta_bias, f.active_rows(Z, H))
     np.testing.assert_allclose(achieved, solution.objective, rtol=1e-9, atol=1e-12)
     assert np.abs(solution.delta_weight).max() <= 0.3 + 1e-12
     assert np.abs(solution.delta_bias).max() <= bias_bound + 1e-12

@@ -517,7 +517,7 @@ class GeneralLPs:
         S, c = split_constant(H[:, used])
         if dual is None:
             dual = H.shape[0] > int(used.sum()) + 1
-        return cls(formulation, used, S, c, Z, formulation.active_rows(Z), hot_start, dual)
+        return cls(formulation, used, S, c, Z, formulation.active_rows(Z, H), hot_start, dual)
 
 
 def solve_general(lps: GeneralLPs, *, n_jobs: int | None, time_limit_s: float | None, tick: Tick) -> LayerSolution:

@@ -26,7 +26,9 @@ of ``lp_initialize`` pick the terms:
   mean of ``H``: the unit's batch-mean pre-activation cannot move, so fewer
   zeros can only come from reshaping the distribution of ``z``.
 - ``target_active=q``: ``A_j`` are the ``ceil(q n)`` samples with the largest
-  ``z_i`` (ties: lower index first), ``I_j`` the rest; ``lambda = 1`` and
+  ``z_i`` (ties: lower index first), ``I_j`` the rest, except that samples
+  with the same input row (e.g. blank image patches), which no change can
+  tell apart, all go to the side that most of them fall on; ``lambda = 1`` and
   ``C = 2 N / m``, with ``N`` the number of change variables (``d_in``, plus one
   for a bias). Why that ``C``: any change inside the box costs at most ``N``
   in the ``lambda`` term, so if some change meets every target with margin
@@ -300,13 +302,14 @@ class Formulation:
         changeable = self.in_features * (self.weight_bound > 0) + (self.bias_bound > 0)
         return 2.0 * max(changeable, 1) / self.margin
 
-    def active_rows(self, Z: np.ndarray) -> np.ndarray:
+    def active_rows(self, Z: np.ndarray, H: np.ndarray | None = None) -> np.ndarray:
         """``A_j`` for every unit: (n, k) bool, True where row i of unit j is to
         be active. Plain rows: all True; targets: the ``ceil(q n)`` largest
-        pre-activations of each column."""
+        pre-activations of each column, identical rows of the input ``H``
+        (when given) kept on one side."""
         if self.target_active is None:
             return np.ones(Z.shape, dtype=bool)
-        return top_rows(Z, self.target_active)
+        return top_rows(Z, self.target_active, H)
 
     def row_bounds(self, Z: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds on ``H_i d + e + s_i^+ - s_i^-`` per row and
@@ -351,12 +354,27 @@ class Formulation:
         return value
 
 
-def top_rows(Z: np.ndarray, q: float) -> np.ndarray:
+def top_rows(Z: np.ndarray, q: float, H: np.ndarray | None = None) -> np.ndarray:
     """(n, k) bool: the ``ceil(q n)`` largest entries of each column of ``Z``
-    (ties: the lower row index first)."""
+    (ties: the lower row index first). With the input ``H`` (n, d_in), rows
+    of ``H`` that are identical get the same ``z`` from any weights, so no LP
+    can split them: each such group takes the side most of it falls on
+    (half and half: active), and a column's count may move off ``ceil(q n)``."""
     n = Z.shape[0]
     count = math.ceil(q * n - 1e-9)  # q n is often an integer in floating point error
     order = np.argsort(-Z, axis=0, kind="stable")
     active = np.zeros(Z.shape, dtype=bool)
     np.put_along_axis(active, order[:count], True, axis=0)
+    if H is None or n < 2:
+        return active
+    _, group = np.unique(H, axis=0, return_inverse=True)
+    group = group.reshape(-1)
+    size = np.bincount(group)
+    repeated = size[group] > 1
+    if not repeated.any():
+        return active
+    members = sp.csr_matrix((np.ones(n), (group, np.arange(n))), shape=(len(size), n))
+    active_in_group = np.asarray(members @ active.astype(float))  # (groups, k)
+    majority = 2 * active_in_group >= size[:, None]
+    active[repeated] = majority[group[repeated]]
     return active

@@ -104,7 +104,7 @@ def solve_cvxpy_general(
     change = f.weight_cost() * cp.norm1(d) + f.bias_cost() * cp.abs(e)
     problem = cp.Problem(cp.Minimize(f.shortfall_cost() * cp.sum(s) + change), constraints)
     options = {} if time_limit_s is None else {"time_limit": time_limit_s}
-    active = f.active_rows(Z)
+    active = f.active_rows(Z, H)
 
     solution = LayerSolution.empty(Z.shape[1], d_in)
     for j in range(Z.shape[1]):
