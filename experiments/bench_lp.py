@@ -94,6 +94,11 @@ def benchmark_bounds(H, W, b) -> dict[str, Any]:
     return dict(weight_bound=0.1 / math.sqrt(H.shape[1]), bias_bound=0.1 * spread, margin=0.1 * spread)
 
 
+def formulation_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``anchor`` and ``target_active`` of a variant's ``solve_layer`` options, each given."""
+    return {"anchor": bool(options.get("anchor", False)), "target_active": options.get("target_active")}
+
+
 def variant_options(variant: str, target: float) -> dict[str, Any]:
     """``solve_layer``'s options for a ``--variant``."""
     options: dict[str, dict[str, Any]] = {
@@ -200,7 +205,8 @@ def main() -> None:
     parser.add_argument(
         "--forms",
         action="store_true",
-        help="--model cnn: solve each variant's LPs (not the plain LP's) as the LP itself and as its dual",
+        help="solve the LPs of each variant but the plain one as the LP itself and as its dual, side by side "
+        "(the seed MLP: on the first --reference-units units of each layer)",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="MNIST training images per batch")
     parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batch draw")
@@ -291,6 +297,12 @@ def main() -> None:
                 difference = np.abs(other - fast.objective[:m]) / np.maximum(1.0, np.abs(other))
                 worst = max(worst, float(difference.max()))
         record.update(naive_cvxpy_s=naive_s, dpp_cvxpy_s=dpp_s, max_objective_difference=worst)
+        if args.forms and args.variant != "plain":
+            recorded = [
+                (name, H, W, b, {**benchmark_bounds(H, W, b), "l1": 0.0, **formulation_options(options)}, fast)
+                for (name, H, W, b), (_, fast) in zip(layers, runs[default_label], strict=True)
+            ]
+            print(forms(recorded, units=args.reference_units))
         print(
             f"all {units} units; (i) and (ii) timed on the first {args.reference_units} units of each "
             "layer and extrapolated:"
@@ -389,14 +401,19 @@ def naive_cvxpy_general(H, W, b, kwargs) -> tuple[float, np.ndarray]:
     )
 
 
-def forms(recorded: list[tuple]) -> str:
-    """Each recorded layer's general LPs solved as the LP itself and as its
-    dual (``lpinit.lp.highs``), in this process, side by side."""
+def forms(recorded: list[tuple], units: int | None = None) -> str:
+    """Each recorded layer's general LPs (of its first ``units`` units, or
+    all) solved as the LP itself and as its dual (``lpinit.lp.highs``), in
+    this process, side by side."""
     from lpinit.lp.highs import GeneralLPs, solve_general
     from lpinit.validation import check_formulation
 
-    lines = ["  each layer's LPs as the LP itself and as its dual (one process; * = the form solve_layer picks):"]
+    scope = "" if units is None else f" (first {units} units)"
+    lines = [
+        f"  each layer's LPs{scope} as the LP itself and as its dual (one process; * = the form solve_layer picks):"
+    ]
     for name, H, W, b, kwargs, solution in recorded:
+        W, b, reference = W[:units], b[:units], solution.objective[:units]
         f = check_formulation(
             H.shape[1],
             kwargs["weight_bound"],
@@ -413,13 +430,14 @@ def forms(recorded: list[tuple]) -> str:
             start = time.perf_counter()
             s = solve_general(lps, n_jobs=1, time_limit_s=None, tick=lambda _: None)
             seconds = time.perf_counter() - start
-            agree = np.abs(s.objective - solution.objective).max() / max(1.0, np.abs(solution.objective).max())
+            agree = np.abs(s.objective - reference).max() / max(1.0, np.abs(reference).max())
             picked = "*" if dual == GeneralLPs.from_layer(H, Z[:, :1], f, hot_start=False).dual else " "
             timed.append(
                 f"{'dual' if dual else 'LP'}{picked} {seconds:6.2f} s ({s.iterations.sum():,} iterations, "
                 f"{s.status_counts()}, objectives within {agree:.0e})"
             )
-        lines.append(f"    {name} ({H.shape[0]:,} rows x {H.shape[1]} weights): " + "; ".join(timed))
+        per_unit = f", {len(W)} units" if units is not None else ""
+        lines.append(f"    {name} ({H.shape[0]:,} rows x {H.shape[1]} weights{per_unit}): " + "; ".join(timed))
     return "\n".join(lines)
 
 

@@ -148,10 +148,12 @@ def test_the_lp_and_its_dual_both_match_linprog(name, dual, case, monkeypatch):
 def test_tall_layers_get_the_dual_and_wide_ones_the_lp():
     from lpinit.lp.highs import GeneralLPs
 
-    f = Formulation(5, 0.3, 0.2, 0.2, l1=0.1)
-    for (n, d_in), dual in (((30, 5), True), ((12, 20), False), ((6, 5), False)):
+    l1, target = Formulation(5, 0.3, 0.2, 0.2, l1=0.1), Formulation(5, 0.3, 0.2, 0.2, target_active=0.5)
+    # 6 columns (5 weights and the bias): the dual from 24 rows, or 12 with targets
+    cases = [(l1, 30, 5, True), (l1, 23, 5, False), (target, 12, 5, True), (target, 11, 5, False), (l1, 12, 20, False)]
+    for f, n, d_in, dual in cases:
         H, W, b = small_layer(0, relu_input=False, n=n, d_in=d_in)
-        assert GeneralLPs.from_layer(H, H @ W.T + b, f, hot_start=False).dual == dual
+        assert GeneralLPs.from_layer(H, H @ W.T + b, f, hot_start=False).dual == dual, (n, d_in)
 
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
