@@ -37,9 +37,9 @@ LP_FAMILY = (
     "quantile_bias@0.7",
 )
 HEADLINE_INITS = (*BASE_INITS, "lp@0.1", "lp@3", *LP_FAMILY[4:])
-# The LP family on the whole grid: the plain LP with a box large enough to revive a layer, the
-# activity target that collapsed least at the headline cells, and its closed-form control.
-GRID_LP_INITS = ("lp@3", "lp_target@0.7", "quantile_bias@0.7")
+# The LP family on the whole grid: the activity target that collapsed least at the headline
+# cells, and its closed-form control (the plain LP's cells are the headline preset's).
+GRID_LP_INITS = ("lp_target@0.7", "quantile_bias@0.7")
 _ALL_DEPTHS = tuple(range(2, 21))
 _SPARSE_DEPTHS = (2, 5, 10, 15, 20)
 MAX_WIDTH = 35  # dead-unit counts are stored as one base-36 digit per layer
@@ -132,11 +132,11 @@ PRESETS: dict[str, dict] = {
     # The study without the LP family (which costs HiGHS time per seed): born dead at every
     # depth, every width trained at 5 depths.
     "collapse": dict(inits=BASE_INITS, train_widths=(2, 3, 4, 5, 10), train_depths=_SPARSE_DEPTHS),
-    # The LP family, into the same folder: born dead at 5 depths of every width, trained at the
-    # widths where training collapses (2 and 3).
+    # The LP family, into the same folder: born dead at 5 depths of every width, trained at
+    # width 2, where training collapses most.
     "collapse-lp": dict(
         inits=GRID_LP_INITS,
-        train_widths=(2, 3),
+        train_widths=(2,),
         train_depths=_SPARSE_DEPTHS,
         lp_depths=_SPARSE_DEPTHS,
     ),
