@@ -444,8 +444,8 @@ def _run(
     def stalled() -> bool:
         return iteration_cap is not None and highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
 
-    scaling = highs.getOptionValue("simplex_scale_strategy")[1]
-    if stalled() and scaling != _HIGHS_SCALING:
+    scaling = highs.getOptionValue("simplex_scale_strategy")[1] if stalled() else _HIGHS_SCALING
+    if scaling != _HIGHS_SCALING:  # stalled, unscaled
         highs.setOptionValue("simplex_scale_strategy", _HIGHS_SCALING)
         highs.clearSolver()
         try:
@@ -881,7 +881,8 @@ def _solve_general_chunk(
         if start is not None:
             on.highs.setBasis(start)
         on.highs.setOptionValue("presolve", presolve)
-        status, iterations = _run(on.highs, time_limit_s, iteration_cap(n), finish_by_ipm=on is not model or lps.dual)
+        # IPM finishes the dual only: a stalled LP itself goes to the dual first (solve below)
+        status, iterations = _run(on.highs, time_limit_s, iteration_cap(n), finish_by_ipm=isinstance(on, _DualModel))
         solution.iterations[k] += iterations
         if status == OPTIMAL:
             D[k], e[k], Y[:, k], mu[k] = on.read(on.highs.getSolution())
