@@ -55,6 +55,8 @@ import argparse
 import json
 import math
 import time
+import uuid
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -109,13 +111,10 @@ def variant_options(variant: str, target: float) -> dict[str, Any]:
     return options[variant]
 
 
-NAIVE_HIGHS_S = [0.0]
-"""Seconds that (i) spent inside HiGHS (cvxpy's ``solver_stats.solve_time``), summed over its calls."""
-
-
-def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[float, np.ndarray]:
+def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[float, np.ndarray, float]:
     """(i): a new cvxpy problem for every unit, the LP as ``lpinit.lp.problem``
-    writes it. Returns seconds and objectives (and adds HiGHS's share to ``NAIVE_HIGHS_S``)."""
+    writes it. Returns seconds, objectives, and the seconds inside HiGHS
+    (cvxpy's ``solver_stats.solve_time``, summed)."""
     start = time.perf_counter()
     f = Formulation(
         H.shape[1],
@@ -128,7 +127,7 @@ def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[f
     )
     Z = H @ W.T + b
     active = f.active_rows(Z, H)
-    objectives = []
+    objectives, highs_s = [], 0.0
     for j in range(W.shape[0]):
         d, e, s = cp.Variable(H.shape[1]), cp.Variable(), cp.Variable(H.shape[0], nonneg=True)
         sigma = np.where(active[:, j], 1.0, -1.0)
@@ -139,9 +138,9 @@ def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[f
         change = f.weight_cost() * cp.norm1(d) + f.bias_cost() * cp.abs(e)
         problem = cp.Problem(cp.Minimize(f.shortfall_cost() * cp.sum(s) + change), constraints)
         problem.solve(solver=cp.HIGHS)
-        NAIVE_HIGHS_S[0] += problem.solver_stats.solve_time or 0.0
+        highs_s += problem.solver_stats.solve_time or 0.0
         objectives.append(problem.value if problem.status == cp.OPTIMAL else np.nan)
-    return time.perf_counter() - start, np.array(objectives)
+    return time.perf_counter() - start, np.array(objectives), highs_s
 
 
 def fast_path(layers, jobs, **options) -> list[tuple]:
@@ -287,10 +286,9 @@ def main() -> None:
         for (_, H, W, b), (_, fast) in zip(layers, runs[default_label], strict=True):
             m = min(args.reference_units, W.shape[0])
             bounds = benchmark_bounds(H, W, b)
-            NAIVE_HIGHS_S[0] = 0.0
-            seconds, naive_objective = naive_cvxpy(H, W[:m], b[:m], **bounds, **options)
+            seconds, naive_objective, inside = naive_cvxpy(H, W[:m], b[:m], **bounds, **options)
             naive_s += seconds * W.shape[0] / m
-            naive_highs_s += NAIVE_HIGHS_S[0] * W.shape[0] / m
+            naive_highs_s += inside * W.shape[0] / m
             dpp = solve_layer(H, W[:m], b[:m], solver="cvxpy", **bounds, **options)
             dpp_s += dpp.wall_time_s * W.shape[0] / m
             for other in (naive_objective, dpp.objective):
@@ -385,7 +383,7 @@ def record_lps(model: nn.Module, batch: torch.Tensor, **options) -> list[tuple]:
     return recorded
 
 
-def naive_cvxpy_general(H, W, b, kwargs) -> tuple[float, np.ndarray]:
+def naive_cvxpy_general(H, W, b, kwargs) -> tuple[float, np.ndarray, float]:
     """(i) for any LP option: a new cvxpy problem per unit, as
     ``lpinit.lp.problem`` writes it. Returns seconds and objectives."""
     return naive_cvxpy(
@@ -406,6 +404,7 @@ def forms(recorded: list[tuple], units: int | None = None) -> str:
     all) solved as the LP itself and as its dual (``lpinit.lp.highs``), in
     this process, side by side."""
     from lpinit.lp.highs import GeneralLPs, solve_general
+    from lpinit.lp.solve import default_hot_start
     from lpinit.validation import check_formulation
 
     scope = "" if units is None else f" (first {units} units)"
@@ -424,14 +423,15 @@ def forms(recorded: list[tuple], units: int | None = None) -> str:
             kwargs["target_active"],
         )
         Z = H @ W.T + b
+        picked_lps = GeneralLPs.from_layer(H, Z, f, hot_start=default_hot_start(H, f))
         timed = []
         for dual in (False, True):
-            lps = GeneralLPs.from_layer(H, Z, f, hot_start=not (f.anchor or H.shape[0] > H.shape[1]), dual=dual)
+            lps = replace(picked_lps, dual=dual, token=uuid.uuid4().hex)  # a token of its own: its own HiGHS model
             start = time.perf_counter()
             s = solve_general(lps, n_jobs=1, time_limit_s=None, tick=lambda _: None)
             seconds = time.perf_counter() - start
             agree = np.abs(s.objective - reference).max() / max(1.0, np.abs(reference).max())
-            picked = "*" if dual == GeneralLPs.from_layer(H, Z[:, :1], f, hot_start=False).dual else " "
+            picked = "*" if dual == picked_lps.dual else " "
             timed.append(
                 f"{'dual' if dual else 'LP'}{picked} {seconds:6.2f} s ({s.iterations.sum():,} iterations, "
                 f"{s.status_counts()}, objectives within {agree:.0e})"
@@ -482,10 +482,9 @@ def main_cnn(args: argparse.Namespace) -> None:
             naive_s, naive_highs_s, worst = 0.0, 0.0, 0.0
             for name, H, W, b, kwargs, solution in record_lps(cnn(), batch, n_jobs=1, **options):
                 m = min(args.reference_units, W.shape[0])
-                NAIVE_HIGHS_S[0] = 0.0
-                seconds, objective = naive_cvxpy_general(H, W[:m], b[:m], kwargs)
+                seconds, objective, inside = naive_cvxpy_general(H, W[:m], b[:m], kwargs)
                 naive_s += seconds * W.shape[0] / m
-                naive_highs_s += NAIVE_HIGHS_S[0] * W.shape[0] / m
+                naive_highs_s += inside * W.shape[0] / m
                 difference = np.abs(objective - solution.objective[:m]) / np.maximum(1.0, np.abs(objective))
                 worst = max(worst, float(difference.max()))
                 print(f"    (i) {name}: {seconds / m:.2f} s per unit, x {W.shape[0]} units")

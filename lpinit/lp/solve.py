@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from lpinit import parallel
 from lpinit.lp.highs import GeneralLPs, LayerLPs, solve_general, solve_highs
-from lpinit.lp.problem import LayerSolution, ReducedLP
+from lpinit.lp.problem import Formulation, LayerSolution, ReducedLP
 from lpinit.lp.reference import solve_cvxpy, solve_cvxpy_general
 from lpinit.validation import (
     check_choice,
@@ -138,10 +138,7 @@ def solve_layer(
             if solver == "cvxpy":
                 solution = solve_cvxpy_general(H, Z, formulation, time_limit_s=time_limit_s, tick=bar.update)
             else:
-                # measured (README, benchmarks): the crash start pays with the anchor, and on tall
-                # layers (more rows than columns, e.g. a Conv2d's); the previous unit's basis otherwise
-                tall = H.shape[0] > H.shape[1]
-                hot_start = not (formulation.anchor or tall) if warm_start is None else warm_start
+                hot_start = default_hot_start(H, formulation) if warm_start is None else warm_start
                 lps = GeneralLPs.from_layer(H, Z, formulation, hot_start=hot_start)
                 solution = solve_general(lps, n_jobs=n_jobs, time_limit_s=time_limit_s, tick=bar.update)
         elif solver == "cvxpy":
@@ -160,6 +157,15 @@ def solve_layer(
             )
     solution.wall_time_s = time.perf_counter() - start
     return solution
+
+
+def default_hot_start(H: np.ndarray, formulation: Formulation) -> bool:
+    """Whether the general LPs of a layer with input ``H`` start each unit from
+    the previous unit's basis (``warm_start=None``). Measured (README,
+    benchmarks): the crash start pays with the anchor, and on tall layers
+    (more rows than columns, e.g. a Conv2d's); the previous unit's basis
+    otherwise."""
+    return not (formulation.anchor or H.shape[0] > H.shape[1])
 
 
 def start_workers(n_jobs: int | None = None) -> None:
