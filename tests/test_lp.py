@@ -528,10 +528,23 @@ def test_a_stall_of_unscaled_simplex_is_rerun_with_highs_scaling():
 
     highs = _cycling_lp()
     highs.setOptionValue("simplex_scale_strategy", 0)
-    status, _ = _run(highs, None, iteration_cap(128), finish_by_ipm=False)
+    status, _ = _run(highs, None, iteration_cap(128))
     assert status == "optimal"
     assert highs.getOptionValue("simplex_scale_strategy")[1] == 0  # the instance's own setting is restored
     assert highs.getInfo().objective_function_value == pytest.approx(_linprog_of(highs), rel=1e-6)
+
+
+def test_a_stall_left_to_the_caller_is_reported_at_once():
+    """finish=False (the general LP, whose caller goes to the dual): the first stall is the answer,
+    so the caller counts it as one, with no rerun in between."""
+    from lpinit.lp.highs import _run, iteration_cap
+
+    highs = _cycling_lp()
+    highs.setOptionValue("simplex_scale_strategy", 0)
+    status, iterations = _run(highs, None, iteration_cap(128), finish=False)
+    assert status == "time_limit"
+    assert highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
+    assert iterations == iteration_cap(128)
 
 
 def test_every_fallback_stage_is_bounded(monkeypatch):

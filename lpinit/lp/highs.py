@@ -419,7 +419,7 @@ def swallow_highs_banner() -> None:
 
 
 def _run(
-    highs: highspy.Highs, time_limit_s: float | None, iteration_cap: int | None = None, finish_by_ipm: bool = True
+    highs: highspy.Highs, time_limit_s: float | None, iteration_cap: int | None = None, finish: bool = True
 ) -> tuple[str, int]:
     """Run HiGHS; return the unit status and the simplex iterations.
 
@@ -429,10 +429,11 @@ def _run(
     off (unscaled simplex can cycle on badly scaled LPs, such as a deep layer
     whose activations grew to 1e9), then, if it still stalls, finished by the
     interior point method with crossover, which yields a basic optimum and its
-    duals all the same; with ``finish_by_ipm=False`` it stops before that
-    (status ``"time_limit"``) and the caller finishes it. Every stage has an
-    iteration limit: a unit that none of them solves keeps its weights
-    (status ``"time_limit"``) rather than holding up the call.
+    duals all the same. With ``finish=False`` it returns at the first stall
+    (status ``"time_limit"``, model status ``kIterationLimit``) and the caller
+    finishes it another way. Every stage has an iteration limit: a unit that
+    none of them solves keeps its weights (status ``"time_limit"``) rather
+    than holding up the call.
     """
     # HiGHS's time_limit counts the instance's total run time over all runs.
     limit = highspy.kHighsInf if time_limit_s is None else highs.getRunTime() + time_limit_s
@@ -444,6 +445,8 @@ def _run(
     def stalled() -> bool:
         return iteration_cap is not None and highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
 
+    if not finish:
+        return status_group(highs.getModelStatus(), HIGHS_STATUS_GROUPS), iterations
     scaling = highs.getOptionValue("simplex_scale_strategy")[1] if stalled() else _HIGHS_SCALING
     if scaling != _HIGHS_SCALING:  # stalled, unscaled
         highs.setOptionValue("simplex_scale_strategy", _HIGHS_SCALING)
@@ -453,7 +456,7 @@ def _run(
         finally:
             highs.setOptionValue("simplex_scale_strategy", scaling)
         iterations += max(0, highs.getInfo().simplex_iteration_count)
-    if stalled() and finish_by_ipm:
+    if stalled():
         assert iteration_cap is not None
         highs.setOptionValue("simplex_iteration_limit", 10 * iteration_cap)  # crossover's
         highs.setOptionValue("ipm_iteration_limit", _IPM_ITERATION_LIMIT)
@@ -863,8 +866,8 @@ def _solve_general_chunk(
     A unit whose LP stalls (dual simplex past ``iteration_cap``, as on
     degenerate LPs with a large box) is finished on the dual LP, where
     simplex takes another path, and after two stalls the chunk's other units
-    go to the dual directly; a stalled dual is finished by the interior point
-    method."""
+    go to the dual directly; a stalled dual is rerun with HiGHS's scaling,
+    then finished by the interior point method (``_run``)."""
     model = _general_model(lps, threads, lps.dual)
     n = model.n
     Z, active = lps.Z[:, chunk], lps.active[:, chunk]
@@ -881,8 +884,8 @@ def _solve_general_chunk(
         if start is not None:
             on.highs.setBasis(start)
         on.highs.setOptionValue("presolve", presolve)
-        # IPM finishes the dual only: a stalled LP itself goes to the dual first (solve below)
-        status, iterations = _run(on.highs, time_limit_s, iteration_cap(n), finish_by_ipm=isinstance(on, _DualModel))
+        # a stalled LP goes to its dual (solve below), where simplex takes another path; the dual is finished by _run
+        status, iterations = _run(on.highs, time_limit_s, iteration_cap(n), finish=isinstance(on, _DualModel))
         solution.iterations[k] += iterations
         if status == OPTIMAL:
             D[k], e[k], Y[:, k], mu[k] = on.read(on.highs.getSolution())
@@ -894,10 +897,11 @@ def _solve_general_chunk(
         nonlocal stalls
         began = time.perf_counter()  # solver time: the unit's HiGHS calls, from its bounds to its answer
         # after two stalls, the layer's LPs are taken to stall (a property of the box): straight to the dual
-        status = TIME_LIMIT
-        if stalls < 2:
+        to_dual = not lps.dual and stalls >= 2
+        if not to_dual:
             status = run_on(model, k, presolve, fresh=presolve == "on" or not lps.hot_start)
-        if stalls >= 2 or model.highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit:
+            to_dual = not lps.dual and model.highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
+        if to_dual:
             stalls += 1
             status = run_on(_general_model(lps, threads, dual=True), k, presolve, fresh=True)
         solution.status[k] = status
