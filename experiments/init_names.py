@@ -6,8 +6,8 @@
 
 Steps, applied in order after the base:
 
-- ``lp(radius=, margin=, rescale=, anchor=, l1=, target=)``: ``lp_initialize``
-  with those options (``target`` is ``target_active``); an unset key is off
+- ``lp(radius=, margin=, rescale=, anchor=, l1=, target=, coverage=)``:
+  ``lp_initialize`` with those options (``target`` is ``target_active``); an unset key is off
   (radius 0.1, no rescaling, anchor, l1 term or target: the LP as first
   posed, whatever lp_initialize's defaults are), the margin the harness's
   ``--lp-margin``.
@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 
 BASES = ("default", "kaiming_normal", "xavier_uniform", "orthogonal", "lsuv", "rai")
-LP_KEYS = ("radius", "margin", "rescale", "anchor", "l1", "target")
+LP_KEYS = ("radius", "margin", "rescale", "anchor", "l1", "target", "coverage")
 STEP_KEYS = {"lp": LP_KEYS, "quantile_bias": ("q", "rescale"), "bias_shift": LP_KEYS}
 RESCALE_CHOICES = ("unit", "layer")
 ANCHOR_CHOICES = ("mean",)
@@ -173,6 +173,8 @@ def _value(kind: str, key: str, text: str, name: str) -> Value:
         raise ValueError(f"Expected {key} in (0, 1) in {kind}(...) of {name!r}, got {text!r}.")
     if key == "radius" and not 0 < number < math.inf:
         raise ValueError(f"Expected a positive, finite radius in {kind}(...) of {name!r}, got {text!r}.")
+    if key == "coverage" and not (number >= 1 and number == int(number)):
+        raise ValueError(f"Expected a whole coverage >= 1 in {kind}(...) of {name!r}, got {text!r}.")
     if key in ("margin", "l1") and not 0 <= number < math.inf:
         raise ValueError(f"Expected a finite {key} >= 0 in {kind}(...) of {name!r}, got {text!r}.")
     return number
@@ -183,6 +185,8 @@ def _check_combination(kind: str, given: dict[str, Value], name: str) -> None:
         raise ValueError(f"quantile_bias(...) needs q, e.g. quantile_bias(q=0.8), in {name!r}.")
     if "target" in given and given.get("l1"):
         raise ValueError(f"target sets its own objective; drop l1 from {kind}(...) in {name!r}.")
+    if "coverage" in given and "target" not in given:
+        raise ValueError(f"coverage chooses activity targets; add target to {kind}(...) in {name!r}.")
     if "target" in given and given.get("margin") == 0:
         raise ValueError(f"target needs a margin > 0 in {kind}(...) of {name!r}.")
 

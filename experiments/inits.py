@@ -192,6 +192,7 @@ def lp_options(step: Step, default_margin: float) -> dict:
         "anchor": None if step.get("anchor") is None else str(step.get("anchor")),
         "l1": step.number("l1", 0.0),
         "target_active": None if step.get("target") is None else step.number("target", 0.5),
+        "coverage": None if step.get("coverage") is None else int(step.number("coverage", 1)),
     }
 
 

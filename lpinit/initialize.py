@@ -40,9 +40,10 @@ from torch import nn
 
 from lpinit.layerwise import RESCALE_MODES, LayerChange, LayerInput, adjust_layerwise
 from lpinit.lp import SOLVERS, solve_layer
-from lpinit.lp.problem import LayerSolution, top_rows
+from lpinit.lp.problem import LayerSolution
 from lpinit.validation import (
     check_choice,
+    check_coverage_option,
     check_data_tensor,
     check_lp_options,
     check_max_rows,
@@ -59,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "anchor": None,
     "l1": 0.0,
     "target_active": 0.5,
+    "coverage": None,
 }
 """lp_initialize's LP options by default: each unit active on the half of the
 batch where it is largest, at its starting scale (README, "Safe defaults": the
@@ -70,6 +72,7 @@ PLAIN_LP: dict[str, Any] = {
     "anchor": None,
     "l1": 0.0,
     "target_active": None,
+    "coverage": None,
 }
 """The LP as first posed (every pre-activation to reach the margin, no
 rescaling): ``lp_initialize(model, batch, **PLAIN_LP)``."""
@@ -111,6 +114,7 @@ class LayerReport:
     lp_objective: float  # sum over units solved to optimality
     status_counts: dict[str, int]
     met_target: int | None  # units active exactly on their target rows (target_active only)
+    covered: int | None  # LP rows active in >= coverage units after the LP (coverage only)
     iterations: int
     solver_time_s: float
     wall_time_s: float
@@ -137,6 +141,7 @@ class LPInitReport:
     l1: float = 0.0
     target_active: float | None = None
     max_rows: int | None = None
+    coverage: int | None = None
     layers: list[LayerReport] = field(default_factory=list)
     network_zeros_before: int = 0
     network_zeros_after: int = 0
@@ -157,19 +162,22 @@ class LPInitReport:
 
     def __str__(self) -> str:
         target = self.target_active is not None
+        covering = self.coverage is not None
         head = (
             f"{'layer':<8}{'shape':>10}{'rho_w':>10}{'rho_b':>9}{'margin':>9}{'LP obj':>11}"
-            f"{'opt/tl/fail':>13}{'met target' if target else '':>12}{'time s':>8}{'proc':>5}"
+            f"{'opt/tl/fail':>13}{'met target' if target else '':>12}{'covered' if covering else '':>14}"
+            f"{'time s':>8}{'proc':>5}"
         )
         rows = ["The LPs", head]
         for r in self.layers:
             counts = r.status_counts
             statuses = f"{counts.get('optimal', 0)}/{counts.get('time_limit', 0)}/{counts.get('failed', 0)}"
             met = f"{r.met_target}/{r.out_features}" if r.met_target is not None else ""
+            covered = f"{r.covered:,}/{r.lp_rows:,}" if r.covered is not None else ""
             rows.append(
                 f"{r.name:<8}{f'{r.in_features}x{r.out_features}':>10}{r.weight_bound:>10.2e}"
                 f"{r.bias_bound:>9.3f}{r.margin:>9.3f}{r.lp_objective:>11.2f}{statuses:>13}{met:>12}"
-                f"{r.wall_time_s:>8.2f}{r.processes:>5}"
+                f"{covered:>14}{r.wall_time_s:>8.2f}{r.processes:>5}"
             )
         rows += [
             "",
@@ -201,6 +209,7 @@ class LPInitReport:
         options += [f"l1 {self.l1:g}"] if self.l1 else []
         options += [f"anchor {self.anchor}"] if self.anchor else []
         options += [f"target_active {self.target_active:g}"] if target else []
+        options += [f"coverage {self.coverage}"] if covering else []
         options += [f"rescale {self.rescale}"] if self.rescale else []
         rows.append(
             f"{mode} via {self.solver}, {', '.join(options)}: ReLU zeros on the batch "
@@ -220,6 +229,7 @@ def lp_initialize(
     anchor: str | None = None,
     l1: float = 0.0,
     target_active: float | None = 0.5,
+    coverage: int | None = None,
     layers: Sequence[str] | None = None,
     max_rows: int | None = DEFAULT_MAX_ROWS,
     row_seed: int = 0,
@@ -264,6 +274,10 @@ def lp_initialize(
         target_active: ``q`` in (0, 1): each unit is to be active on the
             ``ceil(q n)`` samples where it is largest and inactive on the
             others, with the smallest change (needs ``margin > 0``).
+        coverage: ``k`` (with ``target_active``): choose the target rows of
+            a layer's units together, each unit still active on ``ceil(q n)``
+            rows, so that every row is active in at least ``k`` units
+            (``lpinit.lp.coverage``); a layer too narrow for it is an error.
         layers: names of the layers to change (default: every ReLU-fed Linear
             and Conv2d).
         max_rows: the most rows of a layer that its LPs see: a layer with
@@ -308,13 +322,14 @@ def lp_initialize(
         check_choice(anchor, ANCHORS, "anchor")
     if time_limit_s is not None:
         time_limit_s = check_non_negative(time_limit_s, "time_limit_s")
-    if exact and (l1 or anchor is not None or target_active is not None):
+    if exact and (l1 or anchor is not None or target_active is not None or coverage is not None):
         raise ValueError(
             f"exact=True solves the plain LP's mixed-integer form only, got l1={l1!r}, anchor={anchor!r}, "
-            f"target_active={target_active!r} (target_active=0.5 is the default). Pass target_active=None "
-            "(and no l1 or anchor) with exact=True, or drop exact=True."
+            f"target_active={target_active!r}, coverage={coverage!r} (target_active=0.5 is the default). Pass "
+            "target_active=None (and no l1, anchor or coverage) with exact=True, or drop exact=True."
         )
     l1, _, target_active = check_lp_options(margin, l1, False, target_active)
+    coverage = check_coverage_option(coverage, target_active)
     max_rows = check_max_rows(max_rows)
 
     start = time.perf_counter()
@@ -351,6 +366,7 @@ def lp_initialize(
             l1=l1 * spread,
             anchor=anchor == "mean",
             target_active=target_active,
+            coverage=coverage,
             solver=solver,
             n_jobs=n_jobs,
             time_limit_s=time_limit_s,
@@ -365,15 +381,17 @@ def lp_initialize(
             "below_margin_before": int((bounds["margin"] > Z).sum()),
             "below_margin_after": int((layer.rows.preactivations(W_new, b_new) < bounds["margin"]).sum()),
             "met_target": None,
+            "covered": None,
         }
-        if target_active is not None:  # active exactly on the target rows of H (signs survive rescaling)
-            Z_lp = layer.H @ W_new.T + b_new
-            targets = top_rows(layer.Z, target_active, layer.H)
-            measured["met_target"] = int(((Z_lp > 0) == targets).all(axis=0).sum())
+        if solution.active is not None:  # active exactly on the target rows of H (signs survive rescaling)
+            active_lp = layer.H @ W_new.T + b_new > 0
+            measured["met_target"] = int((active_lp == solution.active).all(axis=0).sum())
+            if coverage is not None:
+                measured["covered"] = int((active_lp.sum(axis=1) >= coverage).sum())
         return W_new, b_new, (solution, measured)
 
     result = adjust_layerwise(model, batch, solve, layers=layers, rescale=rescale, max_rows=max_rows, row_seed=row_seed)
-    report = LPInitReport(radius, margin, solver, exact, rescale, anchor, l1, target_active, max_rows)
+    report = LPInitReport(radius, margin, solver, exact, rescale, anchor, l1, target_active, max_rows, coverage)
     for change, (solution, measured) in result.layers:
         report.layers.append(_layer_report(change, solution, measured))
     report.network_zeros_before = result.network_zeros_before
@@ -409,6 +427,7 @@ def _layer_report(change: LayerChange, solution: LayerSolution, measured: dict[s
         lp_objective=float(np.nansum(solution.objective)),
         status_counts=solution.status_counts(),
         met_target=measured["met_target"],
+        covered=measured["covered"],
         iterations=int(solution.iterations.sum()),
         solver_time_s=float(solution.solver_time_s.sum()),
         wall_time_s=solution.wall_time_s,

@@ -37,6 +37,7 @@ FLAGS = {
     "anchor": "--anchor",
     "l1": "--l1",
     "target_active": "--target-active",
+    "coverage": "--coverage",
     "solver": "--solver",
     "n_jobs": "--jobs",
     "time_limit_s": "--time-limit",
@@ -217,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
         "inactive on the others, with the smallest change; none: every pre-activation to reach the margin "
         f"(the plain LP) (default {DEFAULTS['target_active']})",
     )
+    add(
+        "--coverage",
+        type=_positive_int,
+        default=DEFAULTS["coverage"],
+        help="k: with --target-active, choose the target rows of a layer's units together so that every "
+        "sample is active in at least k units (default: none, per-unit targets)",
+    )
     add("--solver", choices=SOLVERS, default="highs", help="highs (fast, default) or cvxpy (reference)")
     add(
         "--jobs",
@@ -238,12 +246,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags, with the LP's options also checked against each other, so that
     a bad combination exits 2 before any data is loaded."""
     from lpinit.initialize import DEFAULTS
-    from lpinit.validation import check_lp_options
+    from lpinit.validation import check_coverage_option, check_lp_options
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         check_lp_options(args.margin, args.l1, args.anchor is not None, args.target_active)
+        check_coverage_option(args.coverage, args.target_active)
     except ValueError as err:
         parser.error(cli_message(str(err)))
     if args.exact and (args.l1 or args.anchor or args.target_active is not None):
@@ -265,7 +274,7 @@ def cli_message(message: str) -> str:
         message,
     )
     message = re.sub(rf"\b([Ee]xpected) ({names})\b", lambda m: f"{m[1]} {FLAGS[m[2]]}", message)
-    return re.sub(r"\b(n_jobs|time_limit_s|target_active)\b", lambda m: FLAGS[m[1]], message)
+    return re.sub(r"\b(n_jobs|time_limit_s|target_active|coverage)\b", lambda m: FLAGS[m[1]], message)
 
 
 def _say(line: str) -> None:
@@ -435,6 +444,7 @@ def _initialize(args: argparse.Namespace, model: nn.Module, processes: int):
             anchor=args.anchor,
             l1=args.l1,
             target_active=args.target_active,
+            coverage=args.coverage,
             solver=args.solver,
             n_jobs=args.jobs,
             time_limit_s=args.time_limit,

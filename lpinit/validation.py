@@ -242,11 +242,37 @@ def check_lp_options(margin: float, l1: Any, anchor: Any, target_active: Any) ->
     return l1, bool(anchor), q
 
 
+def check_coverage_option(coverage: Any, target_active: float | None) -> int | None:
+    """``coverage`` (rows active in at least that many units), checked; it
+    needs activity targets to choose sets for."""
+    if coverage is None:
+        return None
+    if isinstance(coverage, (bool, np.bool_)) or not isinstance(coverage, (int, np.integer)) or coverage < 1:
+        raise ValueError(
+            f"Expected coverage to be a whole number >= 1 (every row active in at least that many units), "
+            f"got {coverage!r}. Pass e.g. coverage=1, or None for per-unit targets."
+        )
+    if target_active is None:
+        raise ValueError(
+            f"coverage={coverage} chooses the activity targets of a layer's units together, but "
+            "target_active is None. Pass target_active (e.g. 0.1) with it, or drop coverage."
+        )
+    return int(coverage)
+
+
 def check_formulation(
-    in_features: int, weight_bound: float, bias_bound: float, margin: float, l1: Any, anchor: Any, target_active: Any
+    in_features: int,
+    weight_bound: float,
+    bias_bound: float,
+    margin: float,
+    l1: Any,
+    anchor: Any,
+    target_active: Any,
+    coverage: Any = None,
 ) -> Formulation:
     """The per-unit LP's options, checked, as a ``Formulation`` (absolute units)."""
     from lpinit.lp.problem import Formulation
 
     l1, anchor, target_active = check_lp_options(margin, l1, anchor, target_active)
-    return Formulation(in_features, weight_bound, bias_bound, margin, l1, anchor, target_active)
+    coverage = check_coverage_option(coverage, target_active)
+    return Formulation(in_features, weight_bound, bias_bound, margin, l1, anchor, target_active, coverage)

@@ -279,18 +279,22 @@ def test_rai_on_a_cnn_has_one_beta_entry_per_output_channel(image_batch):
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("lp@0.1", dict(radius=0.1, margin=0.1, rescale=None, anchor=None, l1=0.0, target_active=None)),
+        ("lp@0.1", dict(radius=0.1, margin=0.1, rescale=None, anchor=None, l1=0.0, target_active=None, coverage=None)),
         (
             "default+lp(rescale=unit)",
-            dict(radius=0.1, margin=0.1, rescale="unit", anchor=None, l1=0.0, target_active=None),
+            dict(radius=0.1, margin=0.1, rescale="unit", anchor=None, l1=0.0, target_active=None, coverage=None),
         ),
         (
             "default+lp(radius=3,rescale=unit,target=0.5)",
-            dict(radius=3.0, margin=0.1, rescale="unit", anchor=None, l1=0.0, target_active=0.5),
+            dict(radius=3.0, margin=0.1, rescale="unit", anchor=None, l1=0.0, target_active=0.5, coverage=None),
+        ),
+        (
+            "default+lp(radius=3,rescale=unit,target=0.1,coverage=1)",
+            dict(radius=3.0, margin=0.1, rescale="unit", anchor=None, l1=0.0, target_active=0.1, coverage=1),
         ),
         (
             "lsuv+lp(radius=0.2,margin=0.3,anchor=mean,l1=0.5)",
-            dict(radius=0.2, margin=0.3, rescale=None, anchor="mean", l1=0.5, target_active=None),
+            dict(radius=0.2, margin=0.3, rescale=None, anchor="mean", l1=0.5, target_active=None, coverage=None),
         ),
     ],
 )

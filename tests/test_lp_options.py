@@ -19,17 +19,20 @@ from lpinit.lp import SOLVERS, solve_layer
 from lpinit.lp.problem import Formulation
 
 
-def linprog_general(H: np.ndarray, Z: np.ndarray, f: Formulation) -> np.ndarray:
+def linprog_general(H: np.ndarray, Z: np.ndarray, f: Formulation, active: np.ndarray | None = None) -> np.ndarray:
     """Each unit's optimum of the general LP, written out for scipy's linprog
     from the module docstring of ``lpinit.lp.problem``: variables
     ``[d+, d-, e+, e-, s]``, one row ``sigma_i (z_i + H_i d + e) + s_i >= m`` per
     sample, ``sigma_i = +1`` on the ``ceil(q n)`` largest ``z_i`` (all rows
     without a target) and ``-1`` on the others, then every group of samples
-    with the same input row on the side most of the group is on (half: +1)."""
+    with the same input row on the side most of the group is on (half: +1);
+    or ``+1`` where ``active`` (n, k) is True, when given."""
     n, d_in = H.shape
     optima = []
     for j in range(Z.shape[1]):
-        if f.target_active is None:
+        if active is not None:
+            sigma = np.where(active[:, j], 1.0, -1.0)
+        elif f.target_active is None:
             sigma = np.ones(n)
         else:
             count = math.ceil(f.target_active * n - 1e-9)
@@ -123,8 +126,8 @@ def test_the_lp_and_its_dual_both_match_linprog(name, dual, case, monkeypatch):
     built = []
     original = lpinit.lp.highs.GeneralLPs.from_layer
 
-    def forced(H, Z, formulation, hot_start, dual=None):
-        built.append(original(H, Z, formulation, hot_start, dual=forced_dual))
+    def forced(H, Z, formulation, hot_start, dual=None, active=None):
+        built.append(original(H, Z, formulation, hot_start, dual=forced_dual, active=active))
         return built[-1]
 
     forced_dual = dual

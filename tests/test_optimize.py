@@ -69,6 +69,8 @@ def test_runs_and_saves_model_and_report(tmp_path, capsys):
         (["--exact"], "pass --target-active none (the default is 0.5)"),
         (["--target-active", "0.5", "--margin", "0"], "--margin > 0 with --target-active"),
         (["--target-active", "0.5", "--exact"], "--exact solves the plain LP"),
+        (["--coverage", "0"], "--coverage: expected a positive integer, got 0"),
+        (["--target-active", "none", "--coverage", "1"], "but --target-active is None"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(argv, message, capsys):
@@ -515,6 +517,22 @@ def check_target_active(calls, tmp_path, capsys):
     assert kwargs["target_active"] is None and solves[0]["target_active"] is None
 
 
+def check_coverage(calls, tmp_path, capsys):
+    # 16 units, each active on 4 of 32 samples: 2 active units per sample on average
+    result, _, kwargs, solves = _run(calls, tmp_path, "--target-active", "0.125", "--coverage", "2", "--radius", "2")
+    assert kwargs["coverage"] == 2 and solves[0]["coverage"] == 2
+    layer = result["report"]["layers"][0]
+    assert result["settings"]["coverage"] == 2 and layer["met_target"] == 16 and layer["covered"] == 32
+    assert (
+        main([*SMALL, "--out", str(tmp_path / "wide"), "--quiet", "--target-active", "0.125", "--coverage", "3"]) == 2
+    )
+    assert "--coverage 3 asks every row of layer 'fc1' to be active in 3 units" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "wide" / "report.json").exists()
+    calls.clear()
+    result, _, kwargs, _ = _run(calls, tmp_path, out="per_unit")
+    assert kwargs["coverage"] is None and result["report"]["layers"][0]["covered"] is None
+
+
 BEHAVIOUR = {
     "--model": check_model,
     "--batch-size": check_batch_size,
@@ -524,6 +542,7 @@ BEHAVIOUR = {
     "--anchor": check_anchor,
     "--l1": check_l1,
     "--target-active": check_target_active,
+    "--coverage": check_coverage,
     "--solver": check_solver,
     "--jobs": check_jobs,
     "--time-limit": check_time_limit,

@@ -512,20 +512,28 @@ class GeneralLPs:
 
     @classmethod
     def from_layer(
-        cls, H: np.ndarray, Z: np.ndarray, formulation: Formulation, hot_start: bool, dual: bool | None = None
+        cls,
+        H: np.ndarray,
+        Z: np.ndarray,
+        formulation: Formulation,
+        hot_start: bool,
+        dual: bool | None = None,
+        active: np.ndarray | None = None,
     ) -> GeneralLPs:
         """``dual=None``: the dual on tall layers, whose simplex basis it
         shrinks to the weights: at least 4 samples per weight left (a
         Conv2d's), or 2 with activity targets. (Measured, README benchmarks:
         from the crash start the LP itself is faster on the seed MLP's
         anchored LPs at 2.6 samples per weight, the dual on the CNN's target
-        LPs from 2.1.)"""
+        LPs from 2.1.) ``active``: the rows to be active, by default
+        ``formulation.active_rows``."""
         used = np.asarray((H != 0).any(axis=0))
         S, c = split_constant(H[:, used])
         if dual is None:
             samples, weights = H.shape[0], int(used.sum()) + 1
             dual = samples >= (2 if formulation.target_active is not None else 4) * weights
-        return cls(formulation, used, S, c, Z, formulation.active_rows(Z, H), hot_start, dual)
+        active = formulation.active_rows(Z, H) if active is None else active
+        return cls(formulation, used, S, c, Z, active, hot_start, dual)
 
 
 def solve_general(lps: GeneralLPs, *, n_jobs: int | None, time_limit_s: float | None, tick: Tick) -> LayerSolution:

@@ -36,6 +36,10 @@ of ``lp_initialize`` pick the terms:
   every row of ``A_j`` stays ``>= m / 2 > 0`` and every row of ``I_j``
   ``<= -m / 2 < 0``. The targets are met whenever the box allows it, and
   the smallest change that meets them wins. (It needs ``m > 0``.)
+- ``coverage=k`` (with ``target_active``): the sets ``A_j`` of all units are
+  chosen together, each still of ``ceil(q n)`` rows, so that every row is
+  active in at least ``k`` units (``lpinit.lp.coverage``); the LPs are then
+  those of ``target_active`` with these sets.
 
 The units of a layer share ``H`` and nothing else, so the layer splits into k
 independent LPs that differ only in their row bounds (``m - z`` or
@@ -119,6 +123,7 @@ class LayerSolution:
     wall_time_s: float = 0.0
     resolves: int = 0  # units solved again from scratch after failing the optimality check
     processes: int = 1  # processes that solved this layer: this one and its worker processes
+    active: np.ndarray | None = None  # (n, k) bool: the target rows (activity targets only)
 
     @classmethod
     def empty(cls, units: int, in_features: int) -> LayerSolution:
@@ -276,6 +281,7 @@ class Formulation:
     l1: float = 0.0  # lambda of the plain LP
     anchor: bool = False
     target_active: float | None = None  # q
+    coverage: int | None = None  # k: every row active in >= k units (target_active only; lpinit.lp.coverage)
 
     @property
     def plain(self) -> bool:
@@ -305,11 +311,17 @@ class Formulation:
     def active_rows(self, Z: np.ndarray, H: np.ndarray | None = None) -> np.ndarray:
         """``A_j`` for every unit: (n, k) bool, True where row i of unit j is to
         be active. Plain rows: all True; targets: the ``ceil(q n)`` largest
-        pre-activations of each column, identical rows of the input ``H``
+        pre-activations of each column, or with ``coverage`` the sets of the
+        set LP (``lpinit.lp.coverage``); identical rows of the input ``H``
         (when given) kept on one side."""
         if self.target_active is None:
             return np.ones(Z.shape, dtype=bool)
-        return top_rows(Z, self.target_active, H)
+        if self.coverage is None:
+            return top_rows(Z, self.target_active, H)
+        from lpinit.lp.coverage import covering_rows
+
+        active = covering_rows(Z, self.target_active, self.coverage)
+        return active if H is None else identical_rows_together(active, H)
 
     def row_bounds(self, Z: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds on ``H_i d + e + s_i^+ - s_i^-`` per row and
@@ -365,7 +377,14 @@ def top_rows(Z: np.ndarray, q: float, H: np.ndarray | None = None) -> np.ndarray
     order = np.argsort(-Z, axis=0, kind="stable")
     active = np.zeros(Z.shape, dtype=bool)
     np.put_along_axis(active, order[:count], True, axis=0)
-    if H is None or n < 2:
+    return active if H is None else identical_rows_together(active, H)
+
+
+def identical_rows_together(active: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """``active`` (n, k) with each group of identical rows of ``H`` moved to
+    the side most of the group is on (half and half: active)."""
+    n = H.shape[0]
+    if n < 2:
         return active
     _, group = np.unique(H, axis=0, return_inverse=True)
     group = group.reshape(-1)
@@ -376,5 +395,6 @@ def top_rows(Z: np.ndarray, q: float, H: np.ndarray | None = None) -> np.ndarray
     members = sp.csr_matrix((np.ones(n), (group, np.arange(n))), shape=(len(size), n))
     active_in_group = np.asarray(members @ active.astype(float))  # (groups, k)
     majority = 2 * active_in_group >= size[:, None]
+    active = active.copy()
     active[repeated] = majority[group[repeated]]
     return active

@@ -81,13 +81,15 @@ def solve_cvxpy_general(
     H: np.ndarray,
     Z: np.ndarray,
     formulation: Formulation,
+    active: np.ndarray | None = None,
     *,
     time_limit_s: float | None,
     tick: Callable[[int], object],
 ) -> LayerSolution:
     """Solve every unit of the general form as the module docstring of
     ``lpinit.lp.problem`` writes it: ``sigma_i (z_i + H_i d + e) + s_i >= m``
-    with ``sigma_i = +1`` on rows to be active and ``-1`` on the others."""
+    with ``sigma_i = +1`` on rows to be active (``active``, by default
+    ``formulation.active_rows``) and ``-1`` on the others."""
     import cvxpy as cp
 
     from lpinit.lp.highs import swallow_highs_banner
@@ -104,7 +106,7 @@ def solve_cvxpy_general(
     change = f.weight_cost() * cp.norm1(d) + f.bias_cost() * cp.abs(e)
     problem = cp.Problem(cp.Minimize(f.shortfall_cost() * cp.sum(s) + change), constraints)
     options = {} if time_limit_s is None else {"time_limit": time_limit_s}
-    active = f.active_rows(Z, H)
+    active = f.active_rows(Z, H) if active is None else active
 
     solution = LayerSolution.empty(Z.shape[1], d_in)
     for j in range(Z.shape[1]):

@@ -11,6 +11,7 @@ from joblib import cpu_count
 from tqdm.auto import tqdm
 
 from lpinit import parallel
+from lpinit.lp.coverage import check_coverage
 from lpinit.lp.highs import GeneralLPs, LayerLPs, solve_general, solve_highs
 from lpinit.lp.problem import Formulation, LayerSolution, ReducedLP
 from lpinit.lp.reference import solve_cvxpy, solve_cvxpy_general
@@ -57,6 +58,7 @@ def solve_layer(
     l1: float = 0.0,
     anchor: bool = False,
     target_active: float | None = None,
+    coverage: int | None = None,
     warm_start: bool | None = None,
     progress: bool | None = False,
     desc: str | None = None,
@@ -84,6 +86,9 @@ def solve_layer(
         target_active: ``q`` in (0, 1): make each unit active on its ``ceil(q n)``
             samples of largest pre-activation and inactive on the others,
             with the smallest change (needs ``margin > 0``).
+        coverage: with ``target_active``, choose all units' target rows
+            together so that every row is active in at least ``coverage``
+            units (``lpinit.lp.coverage``).
         warm_start: ``"highs"`` LP only: start each unit from the previous
             unit's optimal basis instead of a crash start (for the plain LP,
             units ordered so that neighbours have similar right-hand sides).
@@ -115,7 +120,10 @@ def solve_layer(
     n_jobs = capped_n_jobs(check_n_jobs(n_jobs))
     if time_limit_s is not None:
         time_limit_s = check_non_negative(time_limit_s, "time_limit_s")
-    formulation = check_formulation(H.shape[1], weight_bound, bias_bound, margin, l1, anchor, target_active)
+    formulation = check_formulation(H.shape[1], weight_bound, bias_bound, margin, l1, anchor, target_active, coverage)
+    if formulation.coverage is not None:
+        assert formulation.target_active is not None
+        check_coverage(formulation.coverage, W.shape[0], H.shape[0], formulation.target_active, desc or "layer")
     if exact and not formulation.plain:
         raise ValueError(
             f"exact=True solves the plain LP's mixed-integer form only, got l1={l1!r}, anchor={anchor!r}, "
@@ -135,12 +143,14 @@ def solve_layer(
     ):
         Z = H @ W.T + b  # column j: unit j's pre-activations
         if not formulation.plain:
+            active = formulation.active_rows(Z, H)
             if solver == "cvxpy":
-                solution = solve_cvxpy_general(H, Z, formulation, time_limit_s=time_limit_s, tick=bar.update)
+                solution = solve_cvxpy_general(H, Z, formulation, active, time_limit_s=time_limit_s, tick=bar.update)
             else:
                 hot_start = default_hot_start(H, formulation) if warm_start is None else warm_start
-                lps = GeneralLPs.from_layer(H, Z, formulation, hot_start=hot_start)
+                lps = GeneralLPs.from_layer(H, Z, formulation, hot_start=hot_start, active=active)
                 solution = solve_general(lps, n_jobs=n_jobs, time_limit_s=time_limit_s, tick=bar.update)
+            solution.active = active if formulation.target_active is not None else None
         elif solver == "cvxpy":
             solution = solve_cvxpy(
                 H, margin - Z, weight_bound, bias_bound, exact=exact, time_limit_s=time_limit_s, tick=bar.update

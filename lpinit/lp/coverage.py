@@ -1,0 +1,93 @@
+"""Activity targets chosen jointly for a layer: every row covered by ``k`` units.
+
+Per-unit targets (``top_rows``) make each unit active on its ``Q = ceil(q n)``
+rows of largest pre-activation, each unit on its own; with small ``q`` or a
+narrow layer some rows then get no active unit at all (a sample that the
+layer passes nothing of). ``coverage=k`` picks the sets ``A_j`` of all units
+at once, by the set LP::
+
+    maximize    sum_ij a_ij z_ij / sigma_j
+    over        0 <= a_ij <= 1
+    subject to  sum_i a_ij = Q     for every unit j   (each active on Q rows)
+                sum_j a_ij >= k    for every row i    (each row active in >= k units)
+
+with ``sigma_j`` the spread (standard deviation) of unit j's pre-activations,
+so that the units' scores are comparable. Each variable appears in one unit
+row and one sample row: the constraint matrix is the incidence matrix of a
+bipartite graph, totally unimodular, and with integer ``Q`` and ``k`` every
+vertex is 0/1. Simplex returns a vertex, so ``A_j = {i : a_ij = 1}``. Without
+the row constraints the optimum is each unit's top ``Q`` rows (``top_rows``);
+the row constraints move as few, and as little-preferred, entries as the
+objective allows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import highspy
+import numpy as np
+import scipy.sparse as sp
+
+INTEGRALITY_TOLERANCE = 1e-9
+"""How far from 0 or 1 a vertex value may be (HiGHS's primal tolerance is 1e-7
+on the constraints; a vertex of a totally unimodular LP is exact)."""
+
+
+def check_coverage(k: int, units: int, rows: int, q: float, name: str) -> None:
+    """Raise a ``ValueError`` unless ``k`` units per row can be active when
+    each of ``units`` units is active on ``ceil(q rows)`` rows."""
+    active_each = math.ceil(q * rows - 1e-9)
+    most = min(units, units * active_each // rows)
+    if k > most:
+        raise ValueError(
+            f"coverage={k} asks every row of layer {name!r} to be active in {k} units, but its {units} units, "
+            f"each active on {active_each} of {rows} rows (target_active={q:g}), can give every row at most "
+            f"{most}. Lower coverage to {most} or less, or raise target_active."
+            if most > 0
+            else f"coverage={k} cannot hold on layer {name!r}: its {units} units, each active on {active_each} of "
+            f"{rows} rows (target_active={q:g}), cannot cover every row even once. Raise target_active to at "
+            f"least {rows / units:.3g}, or drop coverage."
+        )
+
+
+def covering_rows(Z: np.ndarray, q: float, k: int, name: str = "layer") -> np.ndarray:
+    """(n, units) bool: the rows each unit is to be active on, every unit on
+    ``ceil(q n)`` rows and every row in at least ``k`` units, from the set LP
+    (module docstring). ``Z`` holds the pre-activations, one column per unit."""
+    n, units = Z.shape
+    check_coverage(k, units, n, q, name)
+    count = math.ceil(q * n - 1e-9)
+    spread = Z.std(axis=0)
+    score = Z / np.where(spread > 0, spread, 1.0)
+    entries = n * units  # column i + n j is a_ij: unit-major, as Z.T is laid out
+    columns = np.arange(entries)
+    unit_row = columns // n
+    sample_row = units + columns % n
+    A = sp.csc_matrix(
+        (np.ones(2 * entries), (np.r_[unit_row, sample_row], np.r_[columns, columns])), shape=(units + n, entries)
+    )
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = entries, units + n
+    lp.col_cost_ = -score.T.reshape(-1)  # HiGHS minimizes
+    lp.col_lower_, lp.col_upper_ = np.zeros(entries), np.ones(entries)
+    lp.row_lower_ = np.r_[np.full(units, float(count)), np.full(n, float(k))]
+    lp.row_upper_ = np.r_[np.full(units, float(count)), np.full(n, highspy.kHighsInf)]
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("threads", 1)
+    highs.setOptionValue("solver", "simplex")  # a vertex, hence 0/1 (an interior point answer need not be)
+    highs.passModel(lp)
+    highs.run()
+    if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        status = highs.modelStatusToString(highs.getModelStatus())
+        raise RuntimeError(
+            f"HiGHS did not solve the coverage set LP of layer {name!r} ({status}), which check_coverage "
+            "found feasible: a bug in lpinit, please report it."
+        )
+    a = np.asarray(highs.getSolution().col_value).reshape(units, n).T
+    if np.abs(a - np.round(a)).max() > INTEGRALITY_TOLERANCE:
+        raise RuntimeError(f"The coverage set LP of layer {name!r} returned a fractional vertex: a bug in lpinit.")
+    return a > 0.5
