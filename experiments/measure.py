@@ -74,6 +74,7 @@ def zeros_summary(model: nn.Module, data: torch.Tensor, batch_size: int, pattern
                 "elements": s.elements,
                 "zero_fraction": s.zero_fraction,
                 "dead_units": int(s.dead_units.size),
+                "silent_samples": s.silent_samples,
                 "units": s.units,
             }
             for s in z.sites

@@ -81,6 +81,14 @@ DEFAULT_LP = "lp(radius=3,rescale=unit,target=0.5)"
 """lp_initialize's defaults as a step (chosen from the dose results: README)."""
 DEFAULT_LP_CONTROL = "quantile_bias(q=0.5,rescale=unit)"
 """Its closed-form control: the same activity per unit, by the bias alone."""
+COVERAGE_DOSE = 0.1
+"""The dose at which per-unit targets leave samples without an active unit
+(the seed MLP's 10 logits, each active on a tenth of the batch)."""
+COVERAGE_INITS = tuple(
+    f"{base}+lp(radius={DOSE_RADIUS:g},rescale=unit,target={COVERAGE_DOSE:g}{cover})"
+    for base in ("default", "kaiming_normal")
+    for cover in ("", ",coverage=1")
+)
 CNN_INITS = ("default", "kaiming_normal", "lsuv", "rai", f"default+{DEFAULT_LP}", f"default+{DEFAULT_LP_CONTROL}")
 
 
@@ -189,6 +197,10 @@ PRESETS: dict[str, dict] = {
     # The CNN (issue 13): the random and data-dependent baselines, lp_initialize's
     # defaults and their closed-form control, 10 seeds.
     "cnn": dict(inits=CNN_INITS, archs=("cnn",), seeds=10, epochs=5, stability_images=64),
+    # Coverage (issue 10, item 5): the sparse dose's LP with per-unit targets
+    # against the same LP with every sample active in at least one unit of
+    # each layer, from both starts of the dose runs; 10 seeds at lr 0.01.
+    "coverage": dict(inits=COVERAGE_INITS, archs=MLP_ARCHS, seeds=10, epochs=5, stability_images=64),
 }
 
 

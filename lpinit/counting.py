@@ -37,6 +37,7 @@ class SiteZeros:
     zeros_per_unit: np.ndarray  # (units,) zeros of each unit over the samples
     samples: int
     shape: tuple[int, ...]  # one sample's ReLU output: (units,) after a Linear, (C, H, W) after a Conv2d
+    silent_samples: int = 0  # samples on which every unit of the site is 0: the layer passes nothing of them
 
     @property
     def units(self) -> int:
@@ -72,6 +73,7 @@ class SiteZeros:
             "zero_fraction": self.zero_fraction,
             "dead_units": int(self.dead_units.size),
             "always_active_units": int(self.always_active_units.size),
+            "silent_samples": self.silent_samples,
             "zeros_per_unit": self.zeros_per_unit.tolist(),
         }
 
@@ -182,6 +184,7 @@ def _add_column_counts(mask: np.ndarray, totals: np.ndarray) -> None:
 class _SiteTally:
     shape: tuple[int, ...]  # one sample's ReLU output
     zeros: np.ndarray  # (units,) int64
+    silent: int  # samples with every unit 0
     packed: list[np.ndarray]  # one (batch, ceil(units / 8)) uint8 array per batch
 
 
@@ -214,7 +217,7 @@ class _Tally:
         values = _as_numpy(out.reshape(self.batch_size, -1))
         if self.first_pass is not None:
             shape = tuple(out.shape[1:]) if out.shape[0] == self.batch_size else (values.shape[1],)
-            self.sites.append(_SiteTally(shape, np.zeros(values.shape[1], dtype=np.int64), []))
+            self.sites.append(_SiteTally(shape, np.zeros(values.shape[1], dtype=np.int64), 0, []))
             self.first_pass.append(call)
         elif self.applied >= len(self.sites):
             raise ValueError(
@@ -228,7 +231,9 @@ class _Tally:
                 "pass. Counting needs a model whose ReLU sites do not depend on the batch."
             )
         site = self.sites[self.applied]
-        _add_column_counts(values == 0, site.zeros)
+        zero = values == 0
+        _add_column_counts(zero, site.zeros)
+        site.silent += int(zero.all(axis=1).sum())
         if self.patterns:
             site.packed.append(np.packbits(values > 0, axis=1))
         self.applied += 1
@@ -247,7 +252,15 @@ class _Tally:
 
     def result(self) -> ReluZeros:
         sites = [
-            SiteZeros(name, int(site.zeros.sum()), site.zeros.size * self.samples, site.zeros, self.samples, site.shape)
+            SiteZeros(
+                name,
+                int(site.zeros.sum()),
+                site.zeros.size * self.samples,
+                site.zeros,
+                self.samples,
+                site.shape,
+                site.silent,
+            )
             for name, site in zip(self.names, self.sites, strict=True)
         ]
         distinct = None

@@ -131,6 +131,12 @@ def test_dead_and_always_active_units_and_patterns():
     # patterns (unit 2, unit 3 active): (1,1), (1,0), (0,1), (1,1), (1,1) -> 3 distinct
     assert result.distinct_patterns == 3
     assert result.dead_units == 1
+    assert site.silent_samples == 0  # unit 1 is on for every sample
+    with torch.no_grad():
+        model[0].bias[1] = -1.0
+    # units 2 and 3 are relu(x0) and relu(x1), the others now 0: only [-1, -2, 3] is silent
+    silent = count_relu_zeros(model, torch.cat([data, torch.tensor([[-1.0, -2, 3]])]), batch_size=2).sites[0]
+    assert silent.silent_samples == 1 and silent.to_dict()["silent_samples"] == 1
 
 
 def test_distinct_patterns_match_a_set_of_tuples(generator):
@@ -177,6 +183,8 @@ def test_batches_longer_than_a_byte_block_match_literal_counts(generator):
         literal = [sum(1 for i in range(700) if h[i, u].item() == 0) for u in range(h.shape[1])]
         assert site.zeros_per_unit.tolist() == literal
     assert result.site("fc1").dead_units.tolist() == [u for u in range(9) if (h1[:, u] == 0).all()]
+    for site, h in zip(result.sites, (h1, h2), strict=True):
+        assert site.silent_samples == sum(1 for i in range(700) if all(v == 0 for v in h[i].tolist()))
     assert result.site("fc1").shape == (9,)
     assert result.site("fc1").zeros_per_channel().tolist() == result.site("fc1").zeros_per_unit.tolist()
 

@@ -29,6 +29,8 @@ import highspy
 import numpy as np
 import scipy.sparse as sp
 
+from lpinit.lp.highs import _pass_model
+
 INTEGRALITY_TOLERANCE = 1e-9
 """How far from 0 or 1 a vertex value may be (HiGHS's primal tolerance is 1e-7
 on the constraints; a vertex of a totally unimodular LP is exact)."""
@@ -67,19 +69,12 @@ def covering_rows(Z: np.ndarray, q: float, k: int, name: str = "layer") -> np.nd
     A = sp.csc_matrix(
         (np.ones(2 * entries), (np.r_[unit_row, sample_row], np.r_[columns, columns])), shape=(units + n, entries)
     )
-    lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = entries, units + n
-    lp.col_cost_ = -score.T.reshape(-1)  # HiGHS minimizes
-    lp.col_lower_, lp.col_upper_ = np.zeros(entries), np.ones(entries)
-    lp.row_lower_ = np.r_[np.full(units, float(count)), np.full(n, float(k))]
-    lp.row_upper_ = np.r_[np.full(units, float(count)), np.full(n, highspy.kHighsInf)]
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = A.indptr, A.indices, A.data
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
-    highs.setOptionValue("threads", 1)
+    cost = -score.T.reshape(-1)  # HiGHS minimizes
+    row_lower = np.r_[np.full(units, float(count)), np.full(n, float(k))]
+    row_upper = np.r_[np.full(units, float(count)), np.full(n, highspy.kHighsInf)]
+    # threads=0: the count of the process's HiGHS scheduler, whatever it started with
+    highs = _pass_model(A, cost, np.zeros(entries), np.ones(entries), row_lower, row_upper, threads=0)
     highs.setOptionValue("solver", "simplex")  # a vertex, hence 0/1 (an interior point answer need not be)
-    highs.passModel(lp)
     highs.run()
     if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         status = highs.modelStatusToString(highs.getModelStatus())
