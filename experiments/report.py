@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments import plots
+from experiments.coverage_report import coverage_sections
 from experiments.dose import is_dose_folder
 from experiments.dose_report import dose_sections
 from experiments.ledger import read_lines
@@ -270,6 +271,7 @@ def build_report(results_dir: Path) -> Path:
         ]
     else:
         lines += ["No lp@ runs in these results, so no paired comparisons.", ""]
+    lines += coverage_sections(records, results_dir)
 
     lines += [
         "## Correlation of initial zeros with final accuracy, by init family",

@@ -124,3 +124,29 @@ def test_bad_coverage_is_a_clear_error_and_leaves_the_model_as_it_was(options, e
     with pytest.raises(error, match=message):
         lp_initialize(model, batch, n_jobs=1, **options)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_report_pairs_coverage_with_the_same_lp_without_it(fake_record, tmp_path):
+    from experiments.coverage_report import coverage_cells, coverage_sections
+
+    per_unit = "default+lp(radius=3,rescale=unit,target=0.1)"
+    covered = "default+lp(radius=3,rescale=unit,target=0.1,coverage=1)"
+    records = []
+    for seed in range(5):
+        for init, acc, silent in ((per_unit, 90.0 + seed, 4), (covered, 91.0 + seed + 0.1 * seed, 1)):
+            record = fake_record(init, seed, 0.9, acc)
+            record["at_init"] = {
+                "heldout": {**record["at_init"]["heldout"], "layers": {"fc1": {"silent_samples": silent}}}
+            }
+            records.append(record)
+    records.append(fake_record("default", 0, 0.5, 80.0))  # no pair
+    (cell,) = coverage_cells(records)
+    assert (cell.pair.per_unit, cell.pair.coverage, len(cell.with_)) == (per_unit, 1, 5)
+    without, with_, test = cell.accuracy
+    assert without["mean"] == pytest.approx(92.0) and with_["mean"] == pytest.approx(93.2)
+    assert test["diff_mean"] == pytest.approx(1.2) and test["diff_ci_low"] > 0
+    lines = "\n".join(coverage_sections(records, tmp_path))
+    assert "better in 1, worse in 0, no difference in 0 of 1 cells" in lines
+    assert "silent at fc1 40.0% -> 10.0%" in lines  # 4 and 1 of the fake record's 10 samples
+    assert (tmp_path / "silent_samples_at_init.png").stat().st_size > 0
+    assert coverage_sections([fake_record("default", 0, 0.5, 80.0)], tmp_path) == []
