@@ -274,7 +274,7 @@ def cli_message(message: str) -> str:
         message,
     )
     message = re.sub(rf"\b([Ee]xpected) ({names})\b", lambda m: f"{m[1]} {FLAGS[m[2]]}", message)
-    return re.sub(r"\b(n_jobs|time_limit_s|target_active|coverage)\b", lambda m: FLAGS[m[1]], message)
+    return re.sub(r"(?<![-\w])(n_jobs|time_limit_s|target_active|coverage)\b", lambda m: FLAGS[m[1]], message)
 
 
 def _say(line: str) -> None:

@@ -110,8 +110,13 @@ def test_lp_initialize_with_coverage_leaves_no_sample_without_an_active_unit():
     ("options", "error", "message"),
     [
         (dict(coverage=2, target_active=0.1), ValueError, r"layer 'fc2' .* at most 1\. Lower coverage to 1"),
-        (dict(coverage=1, target_active=0.05), ValueError, r"cannot cover every row even once\. Raise target_active"),
+        (dict(coverage=1, target_active=0.05), ValueError, r"even once\. Raise target_active to 0\.0938"),
         (dict(coverage=1, target_active=None), ValueError, r"target_active is None"),
+        (
+            dict(coverage=13, target_active=0.9),
+            ValueError,
+            r"'fc2' .* 13 units, but it has 12 units\. Lower coverage to 10",
+        ),
         (dict(coverage=0, target_active=0.5), ValueError, r"whole number >= 1"),
         (dict(coverage=1.5, target_active=0.5), ValueError, r"whole number >= 1"),
         (dict(coverage=True, target_active=0.5), ValueError, r"whole number >= 1"),

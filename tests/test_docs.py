@@ -24,6 +24,19 @@ def test_the_lp_is_written_the_same_in_the_readme_and_its_module():
     assert _lp_block(README.read_text()) == written
 
 
+def test_the_coverage_set_lp_is_written_the_same_in_the_readme_and_its_module():
+    import lpinit.lp.coverage
+
+    def block(text: str) -> list[str]:
+        lines = [line.strip() for line in text.splitlines()]
+        start = lines.index("maximize    sum_ij a_ij z_ij / sigma_j")
+        return lines[start : start + 4]
+
+    written = block(lpinit.lp.coverage.__doc__ or "")
+    assert written[-1].startswith("sum_j a_ij >= k")
+    assert block(README.read_text()) == written
+
+
 def test_the_readme_names_only_modules_that_exist():
     root = README.parent
     for path in set(re.findall(r"`((?:lpinit|experiments)/[\w/]+\.py)`", README.read_text())):

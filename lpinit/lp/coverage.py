@@ -41,16 +41,23 @@ def check_coverage(k: int, units: int, rows: int, q: float, name: str) -> None:
     each of ``units`` units is active on ``ceil(q rows)`` rows."""
     active_each = math.ceil(q * rows - 1e-9)
     most = min(units, units * active_each // rows)
-    if k > most:
+    if k <= most:
+        return
+    setting = f"its {units} units, each active on {active_each} of {rows} rows (target_active={q:g})"
+    if k > units:
         raise ValueError(
-            f"coverage={k} asks every row of layer {name!r} to be active in {k} units, but its {units} units, "
-            f"each active on {active_each} of {rows} rows (target_active={q:g}), can give every row at most "
-            f"{most}. Lower coverage to {most} or less, or raise target_active."
-            if most > 0
-            else f"coverage={k} cannot hold on layer {name!r}: its {units} units, each active on {active_each} of "
-            f"{rows} rows (target_active={q:g}), cannot cover every row even once. Raise target_active to at "
-            f"least {rows / units:.3g}, or drop coverage."
+            f"coverage={k} asks every row of layer {name!r} to be active in {k} units, but it has {units} units. "
+            f"Lower coverage to {most} or less."
         )
+    enough = math.ceil(rows * k / units) / rows  # the least q with units * ceil(q rows) >= rows * k
+    raise ValueError(
+        f"coverage={k} asks every row of layer {name!r} to be active in {k} units, but {setting}, can give "
+        f"every row at most {most}. Lower coverage to {most} or less, or raise target_active to {enough:.3g} "
+        "or more."
+        if most > 0
+        else f"coverage={k} cannot hold on layer {name!r}: {setting}, cannot cover every row even once. Raise "
+        f"target_active to {enough:.3g} or more, or drop coverage."
+    )
 
 
 def covering_rows(Z: np.ndarray, q: float, k: int, name: str = "layer") -> np.ndarray:
