@@ -11,7 +11,7 @@ from scipy.optimize import linprog
 from lpinit import lp_initialize, mlp
 from lpinit.lp import solve_layer
 from lpinit.lp.coverage import covering_rows
-from lpinit.lp.problem import Formulation, top_rows
+from lpinit.lp.problem import Formulation, identical_rows_together, top_rows
 from tests.test_lp_options import linprog_general, small_layer
 
 
@@ -155,3 +155,22 @@ def test_the_report_pairs_coverage_with_the_same_lp_without_it(fake_record, tmp_
     assert "silent at fc1 40.0% -> 10.0%" in lines  # 4 and 1 of the fake record's 10 samples
     assert (tmp_path / "silent_samples_at_init.png").stat().st_size > 0
     assert coverage_sections([fake_record("default", 0, 0.5, 80.0)], tmp_path) == []
+
+
+def test_identical_rows_stay_together_and_covered():
+    """Blank patches: identical input rows cannot be told apart by any weights. The set LP may spread
+    such a group over units; kept together by majority, a group left uncovered is made active in the
+    units where it scores highest."""
+    rng = np.random.default_rng(5)
+    H = rng.normal(size=(30, 4))
+    H[:14] = H[0]  # 14 identical rows: more than twice a unit's 6, so no unit holds most of them
+    W = rng.normal(size=(6, 4))
+    Z = H @ W.T
+    f = Formulation(4, 0.3, 0.2, 0.2, target_active=0.2, coverage=1)
+    by_majority = identical_rows_together(covering_rows(Z, 0.2, 1), H)
+    assert not by_majority[:14].any()  # the group alone would be left uncovered
+    active = f.active_rows(Z, H)
+    assert (active.sum(axis=1) >= 1).all()
+    assert (active[:14] == active[0]).all() and active[0].sum() == 1
+    assert active[0, np.argmax(Z[0] / Z.std(axis=0))]  # in the unit where it scores highest
+    np.testing.assert_array_equal(covering_rows(Z, 0.2, 1).sum(axis=0), 6)  # the set LP's own counts

@@ -19,6 +19,12 @@ vertex is 0/1. Simplex returns a vertex, so ``A_j = {i : a_ij = 1}``. Without
 the row constraints the optimum is each unit's top ``Q`` rows (``top_rows``);
 the row constraints move as few, and as little-preferred, entries as the
 objective allows.
+
+Rows of the input that are identical (e.g. blank image patches) get the same
+pre-activations from any weights, so they are then put on one side, the one
+most of the group is on (``identical_rows_together``), and a row left active
+in fewer than ``k`` units is made active in the ``k`` units where it scores
+highest (``cover_short_rows``): such a unit's count may end above ``Q``.
 """
 
 from __future__ import annotations
@@ -60,6 +66,26 @@ def check_coverage(k: int, units: int, rows: int, q: float, name: str) -> None:
     )
 
 
+def _scores(Z: np.ndarray) -> np.ndarray:
+    """``z_ij / sigma_j``: each unit's pre-activations in units of its spread."""
+    spread = Z.std(axis=0)
+    return Z / np.where(spread > 0, spread, 1.0)
+
+
+def cover_short_rows(active: np.ndarray, Z: np.ndarray, k: int) -> np.ndarray:
+    """``active`` with every row active in fewer than ``k`` units made active
+    in the ``k`` units where it scores highest (identical rows alike, since
+    their pre-activations are equal)."""
+    short = active.sum(axis=1) < k
+    if not short.any():
+        return active
+    active = active.copy()
+    best = np.argsort(-_scores(Z)[short], axis=1, kind="stable")[:, :k]
+    rows = np.flatnonzero(short)
+    active[rows[:, None], best] = True
+    return active
+
+
 def covering_rows(Z: np.ndarray, q: float, k: int, name: str = "layer") -> np.ndarray:
     """(n, units) bool: the rows each unit is to be active on, every unit on
     ``ceil(q n)`` rows and every row in at least ``k`` units, from the set LP
@@ -67,8 +93,7 @@ def covering_rows(Z: np.ndarray, q: float, k: int, name: str = "layer") -> np.nd
     n, units = Z.shape
     check_coverage(k, units, n, q, name)
     count = math.ceil(q * n - 1e-9)
-    spread = Z.std(axis=0)
-    score = Z / np.where(spread > 0, spread, 1.0)
+    score = _scores(Z)
     entries = n * units  # column i + n j is a_ij: unit-major, as Z.T is laid out
     columns = np.arange(entries)
     unit_row = columns // n

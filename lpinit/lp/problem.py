@@ -318,10 +318,12 @@ class Formulation:
             return np.ones(Z.shape, dtype=bool)
         if self.coverage is None:
             return top_rows(Z, self.target_active, H)
-        from lpinit.lp.coverage import covering_rows
+        from lpinit.lp.coverage import cover_short_rows, covering_rows
 
         active = covering_rows(Z, self.target_active, self.coverage)
-        return active if H is None else identical_rows_together(active, H)
+        if H is None:
+            return active
+        return cover_short_rows(identical_rows_together(active, H), Z, self.coverage)
 
     def row_bounds(self, Z: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds on ``H_i d + e + s_i^+ - s_i^-`` per row and
