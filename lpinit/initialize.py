@@ -40,6 +40,7 @@ from torch import nn
 
 from lpinit.layerwise import RESCALE_MODES, LayerChange, LayerInput, adjust_layerwise
 from lpinit.lp import SOLVERS, solve_layer
+from lpinit.lp.coverage import check_coverage
 from lpinit.lp.problem import LayerSolution
 from lpinit.validation import (
     check_choice,
@@ -390,7 +391,21 @@ def lp_initialize(
                 measured["covered"] = int((active_lp.sum(axis=1) >= coverage).sum())
         return W_new, b_new, (solution, measured)
 
-    result = adjust_layerwise(model, batch, solve, layers=layers, rescale=rescale, max_rows=max_rows, row_seed=row_seed)
+    def check_layer(name: str, rows: int, units: int) -> None:
+        """Refuse a coverage that some layer cannot have before any LP runs."""
+        if coverage is not None and target_active is not None:
+            check_coverage(coverage, units, rows, target_active, name)
+
+    result = adjust_layerwise(
+        model,
+        batch,
+        solve,
+        layers=layers,
+        rescale=rescale,
+        max_rows=max_rows,
+        row_seed=row_seed,
+        check_layer=check_layer,
+    )
     report = LPInitReport(radius, margin, solver, exact, rescale, anchor, l1, target_active, max_rows, coverage)
     for change, (solution, measured) in result.layers:
         report.layers.append(_layer_report(change, solution, measured))

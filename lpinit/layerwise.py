@@ -157,11 +157,14 @@ def adjust_layerwise(
     max_rows: int | None = None,
     row_seed: int = 0,
     caller: str = "lp_initialize",
+    check_layer: Callable[[str, int, int], None] | None = None,
 ) -> LayerwiseResult:
     """Run ``adjust`` on every chosen ReLU-fed layer of ``model`` in forward
     order, rescale, check, and write the new parameters (module docstring).
     ``max_rows`` (``None``: all) caps the rows of each layer's ``H``, drawn
-    with ``row_seed``."""
+    with ``row_seed``. ``check_layer(name, rows of H, units)`` is called for
+    every chosen layer before any is adjusted, to refuse early what a later
+    layer cannot take."""
     check_model(model)
     check_data_tensor(batch, "batch", min_dim=2)
     if rescale is not None:
@@ -184,6 +187,10 @@ def adjust_layerwise(
         _refuse_shared_parameters(model, chosen, caller)
         zeros_before = count_relu_zeros(model, batch, batch.shape[0], patterns=False)
         start = _start_preactivations(model, batch, chosen)
+        if check_layer is not None:
+            for name, _ in chosen:
+                rows, units = start[name].shape
+                check_layer(name, rows if max_rows is None else min(rows, max_rows), units)
         params: dict[str, Any] = dict(model.named_parameters())
         new_params: dict[str, torch.Tensor] = {}
         for position, (name, layer) in enumerate(chosen):

@@ -174,3 +174,15 @@ def test_identical_rows_stay_together_and_covered():
     assert (active[:14] == active[0]).all() and active[0].sum() == 1
     assert active[0, np.argmax(Z[0] / Z.std(axis=0))]  # in the unit where it scores highest
     np.testing.assert_array_equal(covering_rows(Z, 0.2, 1).sum(axis=0), 6)  # the set LP's own counts
+
+
+def test_a_layer_too_narrow_for_coverage_is_refused_before_any_lp_runs(monkeypatch):
+    import lpinit.initialize
+
+    def no_lp(*args, **kwargs):
+        raise AssertionError("an LP ran before the narrow layer was refused")
+
+    monkeypatch.setattr(lpinit.initialize, "solve_layer", no_lp)
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"layer 'fc2' .* Lower coverage to 1"):
+        lp_initialize(mlp([6, 40, 12, 4]), torch.randn(64, 6), target_active=0.1, coverage=2, n_jobs=1)
