@@ -79,6 +79,28 @@ def table(cells: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def summary(cells: list[dict]) -> str:
+    """One sentence per batch size, from the cells: how far the zeros fall on
+    the batch and held out, and the gap between the two at the largest radius."""
+    lines = []
+    for batch_size in sorted({c["batch_size"] for c in cells}):
+        mine = sorted((c for c in cells if c["batch_size"] == batch_size), key=lambda c: c["radius"])
+        falls = {c["radius"]: c["zeros_before_heldout"] - c["zeros_after_heldout"] for c in mine}
+        widest = mine[-1]
+        best = max(falls, key=lambda r: falls[r])
+        rises = [f"{r:g}" for r, fall in falls.items() if fall < 0]
+        lines.append(
+            f"Batch {batch_size}: at radius {widest['radius']:g} the zeros fall from "
+            f"{widest['zeros_before_batch']:.3f} to {widest['zeros_after_batch']:.3f} on the batch and from "
+            f"{widest['zeros_before_heldout']:.3f} to {widest['zeros_after_heldout']:.3f} held out (gap "
+            f"{widest['zeros_after_heldout'] - widest['zeros_after_batch']:.3f}); held out they fall by at most "
+            f"{max(falls.values()):.3f} (radius {best:g})"
+            + (f" and rise at radius {', '.join(rises)}" if rises else "")
+            + "."
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.anchor_reach", description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", default="256,1024", help="comma-separated LP batch sizes")
@@ -97,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             write_atomic(args.out, "".join(json.dumps(c) + "\n" for c in cells))
             print(table(cells[-1:]), flush=True)
     print(table(cells))
+    print(summary(cells))
 
 
 if __name__ == "__main__":

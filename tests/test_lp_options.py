@@ -457,3 +457,30 @@ def test_a_stalled_lp_is_finished_on_its_dual(monkeypatch):
     assert set(models) == {False, True}  # the LP and its dual were both built
     # two stalls of the LP, then the dual directly: one capped run per unit, plus the two stalled ones
     assert len(caps) == len(W) + 2
+
+
+def test_the_anchor_reach_summary_is_computed_from_its_cells():
+    from experiments.anchor_reach import summary, table
+
+    def cell(batch_size, radius, after_batch, after_heldout):
+        layers = {"fc1": after_batch}
+        return {
+            "batch_size": batch_size,
+            "radius": radius,
+            "zeros_before_batch": 0.5,
+            "zeros_after_batch": after_batch,
+            "zeros_before_heldout": 0.49,
+            "zeros_after_heldout": after_heldout,
+            "layers_after_batch": layers,
+            "layers_after_heldout": layers,
+            "lp_seconds": 1.0,
+        }
+
+    cells = [cell(256, 0.1, 0.45, 0.48), cell(256, 1.0, 0.36, 0.51), cell(1024, 0.1, 0.47, 0.46)]
+    assert summary(cells).splitlines() == [
+        "Batch 256: at radius 1 the zeros fall from 0.500 to 0.360 on the batch and from 0.490 to 0.510 held out "
+        "(gap 0.150); held out they fall by at most 0.010 (radius 0.1) and rise at radius 1.",
+        "Batch 1024: at radius 0.1 the zeros fall from 0.500 to 0.470 on the batch and from 0.490 to 0.460 held out "
+        "(gap -0.010); held out they fall by at most 0.030 (radius 0.1).",
+    ]
+    assert table(cells).count("\n") == 4
