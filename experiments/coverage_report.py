@@ -103,6 +103,11 @@ class CoverageCell:
         return {name: (c[0], c[1]) for name, c in counts.items()}
 
 
+def dead_after_training(runs: list[dict]) -> float:
+    """Mean number of units of the last ReLU site that are 0 on every test image after training."""
+    return float(np.mean([list(r["final"]["layers"].values())[-1]["dead_units"] for r in runs]))
+
+
 def coverage_cells(records: list[dict]) -> list[CoverageCell]:
     """Every pair in every (arch, lr) where both inits ran, on their common seeds."""
     by_key = {(r["init"], r["arch"], r["lr"], r["seed"]): r for r in records}
@@ -144,9 +149,10 @@ def coverage_sections(records: list[dict], folder: Path) -> list[str]:
         verdict = _verdict(test)
         verdicts.append(verdict)
         difference = _ci(test, "diff_mean", "diff_ci_low", "diff_ci_high", "+")
+        dead = f"{dead_after_training(cell.without):.1f} / {dead_after_training(cell.with_):.1f}"
         accuracy_rows.append(
             f"| {cell.arch} | {cell.lr:g} | {cell.pair.per_unit} | {_ci(without)} | {_ci(with_)} | {difference} "
-            f"| {_p(test['t_p'])} | {_p(test['wilcoxon_p'])} | {verdict} | {len(cell.with_)} |"
+            f"| {_p(test['t_p'])} | {_p(test['wilcoxon_p'])} | {verdict} | {dead} | {len(cell.with_)} |"
         )
         silent_without, silent_with = mean_silent(cell.without), mean_silent(cell.with_)
         met, covered = cell.lp_counts("met_target", "out_features"), cell.lp_counts("covered", "lp_rows")
@@ -161,7 +167,7 @@ def coverage_sections(records: list[dict], folder: Path) -> list[str]:
             f"- {cell.arch}, {cell.pair.per_unit} -> coverage={cell.pair.coverage}: at init, held-out images "
             f"silent at {worst} {100 * silent_without[worst]:.1f}% -> {100 * silent_with[worst]:.1f}%; test "
             f"accuracy {_f(without['mean'])}% -> {_f(with_['mean'])}% ({difference} points, {verdict}, "
-            f"{len(cell.with_)} seeds)."
+            f"{len(cell.with_)} seeds); units of the last ReLU dead after training {dead} on average."
         )
     _plot_silent(cells, folder / "silent_samples_at_init.png")
     return [
@@ -174,8 +180,8 @@ def coverage_sections(records: list[dict], folder: Path) -> list[str]:
         *answer,
         "",
         "| arch | lr | per-unit init | accuracy per-unit, % | accuracy with coverage, % | difference | t p "
-        "| Wilcoxon p | verdict | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Wilcoxon p | verdict | last ReLU's dead units after training, per-unit / coverage | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *accuracy_rows,
         "",
         "Silent samples at init (held-out images on which every unit of the layer is 0), mean over seeds; and "

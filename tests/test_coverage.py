@@ -143,6 +143,7 @@ def test_the_report_pairs_coverage_with_the_same_lp_without_it(fake_record, tmp_
             record["at_init"] = {
                 "heldout": {**record["at_init"]["heldout"], "layers": {"fc1": {"silent_samples": silent}}}
             }
+            record["final"]["layers"] = {"fc1": {"dead_units": int(init == covered)}}
             records.append(record)
     records.append(fake_record("default", 0, 0.5, 80.0))  # no pair
     (cell,) = coverage_cells(records)
@@ -153,6 +154,7 @@ def test_the_report_pairs_coverage_with_the_same_lp_without_it(fake_record, tmp_
     lines = "\n".join(coverage_sections(records, tmp_path))
     assert "better in 1, worse in 0, no difference in 0 of 1 cells" in lines
     assert "silent at fc1 40.0% -> 10.0%" in lines  # 4 and 1 of the fake record's 10 samples
+    assert "dead after training 0.0 / 1.0 on average" in lines
     assert (tmp_path / "silent_samples_at_init.png").stat().st_size > 0
     assert coverage_sections([fake_record("default", 0, 0.5, 80.0)], tmp_path) == []
 
