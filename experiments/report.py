@@ -270,7 +270,11 @@ def build_report(results_dir: Path) -> Path:
             "",
         ]
     else:
-        lines += ["No lp@ runs in these results, so no paired comparisons.", ""]
+        lines += [
+            "No LP init here has its control run (bias_shift, quantile_bias) in these results, so no paired "
+            "comparisons with a control.",
+            "",
+        ]
     lines += coverage_sections(records, results_dir)
 
     lines += [
