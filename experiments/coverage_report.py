@@ -23,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from experiments.dose_report import _ci, _diff, _f, _p, _verdict  # the dose report's number formats
 from experiments.init_names import InitSpec, Step, parse_init_name
 from experiments.stats import describe, paired_test
 
@@ -66,14 +67,6 @@ def mean_silent(runs: list[dict]) -> dict[str, float]:
 
 def _lp_layers(record: dict) -> list[dict]:
     return (record.get("init_info") or {}).get("lp_report", {}).get("layers", [])
-
-
-def _f(x: float, digits: int = 2) -> str:
-    return "nan" if math.isnan(x) else f"{x:.{digits}f}"
-
-
-def _p(x: float) -> str:
-    return "nan" if math.isnan(x) else (f"{x:.2g}" if x >= 1e-4 else "<1e-4")
 
 
 @dataclass(frozen=True)
@@ -126,16 +119,6 @@ def coverage_cells(records: list[dict]) -> list[CoverageCell]:
     return cells
 
 
-def _verdict(test: dict) -> str:
-    if math.isnan(test["diff_ci_low"]):
-        return "n/a"
-    return "better" if test["diff_ci_low"] > 0 else "worse" if test["diff_ci_high"] < 0 else "no difference"
-
-
-def _ci(d: dict, mean: str = "mean", low: str = "ci_low", high: str = "ci_high", sign: str = "") -> str:
-    return f"{d[mean]:{sign}.2f} [{_f(d[low])}, {_f(d[high])}]"
-
-
 def coverage_sections(records: list[dict], folder: Path) -> list[str]:
     """The markdown lines of the coverage section (empty without pairs); writes
     ``silent_samples_at_init.png`` into ``folder``."""
@@ -148,7 +131,7 @@ def coverage_sections(records: list[dict], folder: Path) -> list[str]:
         without, with_, test = cell.accuracy
         verdict = _verdict(test)
         verdicts.append(verdict)
-        difference = _ci(test, "diff_mean", "diff_ci_low", "diff_ci_high", "+")
+        difference = _diff(test)
         dead = f"{dead_after_training(cell.without):.1f} / {dead_after_training(cell.with_):.1f}"
         accuracy_rows.append(
             f"| {cell.arch} | {cell.lr:g} | {cell.pair.per_unit} | {_ci(without)} | {_ci(with_)} | {difference} "
