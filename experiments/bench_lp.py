@@ -31,7 +31,7 @@ units of the time spent in the unit's HiGHS calls (setting its bounds and
 start, solving, reading the answer), divided by the sum over layers of
 (wall time x processes used).
 
-    python -m experiments.bench_lp [--jobs 2] [--repeats 5] [--reference-units 10] [--warm-start-too]
+    python -m experiments.bench_lp [--jobs 2] [--repeats 5] [--reference-units 10] [--starts]
     python -m experiments.bench_lp --skip-reference --batch-sizes 128,256,512,1024,2048
     python -m experiments.bench_lp --variant anchored     # or --variant target [--target 0.8]
 
@@ -52,10 +52,12 @@ slack basis:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -143,6 +145,23 @@ def naive_cvxpy(H, W, b, weight_bound, bias_bound, margin, **options) -> tuple[f
     return time.perf_counter() - start, np.array(objectives), highs_s
 
 
+@contextlib.contextmanager
+def general_start(slack: bool) -> Iterator[None]:
+    """Make every general LP built meanwhile start from the slack basis
+    (``slack``) or from the crash start, whatever its shape."""
+    build = fast._GeneralModel.__init__
+
+    def forced(self, lps, threads):
+        build(self, lps, threads)
+        self.slack_start = slack
+
+    fast._GeneralModel.__init__ = forced  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        fast._GeneralModel.__init__ = build  # type: ignore[method-assign]
+
+
 def fast_path(layers, jobs, **options) -> list[tuple]:
     """(iii) on every layer in turn: ``[(name, LayerSolution)]``."""
     return [
@@ -219,10 +238,10 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true", help="time the fast path only")
     parser.add_argument("--repeats", type=int, default=5, help="runs with workers up, of which the median is shown")
     parser.add_argument(
-        "--warm-start-too",
+        "--starts",
         action="store_true",
-        help="also time the fast path, in one process, with the start it does not use by default "
-        "(the previous unit's basis, or the crash start)",
+        help="also time the fast path, in one process, from each start: the previous unit's basis, "
+        "and for the general form the slack basis and the crash start",
     )
     parser.add_argument(
         "--batch-sizes",
@@ -263,10 +282,12 @@ def main() -> None:
     runs[first_label] = fast_path(layers, jobs, **options)
     runs[again_label], spread = median_run(layers, jobs, args.repeats, **options)
     runs["one process (n_jobs=1)"] = fast_path(layers, 1, **options)
-    if args.warm_start_too:
-        # the start lpinit does not use by default for this variant (solve_layer's warm_start=None)
-        default_is_warm = "target_active" in options and not options.get("anchor")
-        runs["one process, the other start"] = fast_path(layers, 1, warm_start=not default_is_warm, **options)
+    if args.starts:
+        runs["one process, the previous unit's basis"] = fast_path(layers, 1, warm_start=True, **options)
+        if options:  # the general form: its default picks the slack basis or the crash start by shape
+            for label, slack in (("the slack basis", True), ("the crash start", False)):
+                with general_start(slack):
+                    runs[f"one process, {label}"] = fast_path(layers, 1, **options)
     totals = {label: summarize(results) for label, results in runs.items()}
     totals[again_label].update(spread)
     print("(iii) fast path, whole MLP:")
@@ -404,7 +425,6 @@ def forms(recorded: list[tuple], units: int | None = None) -> str:
     all) solved as the LP itself and as its dual (``lpinit.lp.highs``), in
     this process, side by side."""
     from lpinit.lp.highs import GeneralLPs, solve_general
-    from lpinit.lp.solve import default_hot_start
     from lpinit.validation import check_formulation
 
     scope = "" if units is None else f" (first {units} units)"
@@ -423,7 +443,7 @@ def forms(recorded: list[tuple], units: int | None = None) -> str:
             kwargs["target_active"],
         )
         Z = H @ W.T + b
-        picked_lps = GeneralLPs.from_layer(H, Z, f, hot_start=default_hot_start(H, f))
+        picked_lps = GeneralLPs.from_layer(H, Z, f, hot_start=False)
         timed = []
         for dual in (False, True):
             lps = replace(picked_lps, dual=dual, token=uuid.uuid4().hex)  # a token of its own: its own HiGHS model

@@ -317,15 +317,16 @@ def _units(layer: nn.Module) -> int:
     return int(layer.out_features if isinstance(layer, nn.Linear) else getattr(layer, "out_channels", 0))
 
 
-def lp_processes(model: nn.Module, jobs: int, solver: str) -> int:
+def lp_processes(model: nn.Module, jobs: int, solver: str, general: bool = False) -> int:
     """How many processes the LP will use for ``model`` with ``n_jobs=jobs``:
     the highs path gives each process at least ``MIN_UNITS_PER_PROCESS`` units
-    of a layer, so a narrow model uses this one only."""
+    of a layer (``MIN_GENERAL_UNITS_PER_PROCESS`` for the ``general`` form:
+    anchor, ``l1``, targets), so a narrow model uses this one only."""
     if solver != "highs" or jobs <= 1:
         return 1
     import torch
 
-    from lpinit.lp.highs import MIN_UNITS_PER_PROCESS
+    from lpinit.lp.highs import MIN_GENERAL_UNITS_PER_PROCESS, MIN_UNITS_PER_PROCESS
     from lpinit.tracing import relu_fed_layers
 
     reference = next(model.parameters(), None)
@@ -338,7 +339,7 @@ def lp_processes(model: nn.Module, jobs: int, solver: str) -> int:
         return 1
     units = [_units(layer) for _, layer in layers]
     widest = max(units, default=0)
-    return max(1, min(jobs, widest // MIN_UNITS_PER_PROCESS))
+    return max(1, min(jobs, widest // (MIN_GENERAL_UNITS_PER_PROCESS if general else MIN_UNITS_PER_PROCESS)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,7 +372,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.jobs is not None and args.jobs > cores:
             _say(f"note: --jobs {args.jobs} is more than the {cores} cores here; using {cores}")
             args.jobs = cores
-        outcome = _initialize(args, model, lp_processes(model, args.jobs or cores, args.solver))
+        general = bool(args.l1 or args.anchor is not None or args.target_active is not None)
+        outcome = _initialize(args, model, lp_processes(model, args.jobs or cores, args.solver, general))
         if isinstance(outcome, int):
             return outcome
         result, report, before, after = outcome

@@ -159,6 +159,32 @@ def test_tall_layers_get_the_dual_and_wide_ones_the_lp():
         assert GeneralLPs.from_layer(H, H @ W.T + b, f, hot_start=False).dual == dual, (n, d_in)
 
 
+@pytest.mark.parametrize("name", list(OPTIONS))
+@pytest.mark.parametrize("warm_start", [None, True])
+def test_each_start_of_a_wide_layer_gives_linprogs_optimum(name, warm_start):
+    """On a wide layer the l1 and target LPs start from the slack basis (no
+    change), the anchored ones from the crash start; warm_start=True from the
+    previous unit's basis. Every start ends at linprog's optimum."""
+    from lpinit.lp.highs import GeneralLPs, _GeneralModel
+
+    H, W, b = small_layer(4, relu_input=True, n=12, d_in=20, k=8)
+    options = OPTIONS[name]
+    f = Formulation(
+        20, 0.3, 0.2, 0.2, options.get("l1", 0.0), options.get("anchor", False), options.get("target_active")
+    )
+    Z = H @ W.T + b
+    model = _GeneralModel(GeneralLPs.from_layer(H, Z, f, hot_start=False, dual=False), threads=0)
+    assert model.slack_start == (not options.get("anchor"))
+    assert (model.crash_basis(Z[:, 0], f.active_rows(Z, H)[:, 0]) is None) == model.slack_start
+    solution = solve_layer(
+        H, W, b, weight_bound=0.3, bias_bound=0.2, margin=0.2, n_jobs=1, warm_start=warm_start, **options
+    )
+    oracle = linprog_general(H, Z, f)
+    assert (oracle > 1e-3).sum() >= len(W) // 2  # not trivially zero
+    assert solution.status_counts() == {"optimal": len(W)}
+    np.testing.assert_allclose(solution.objective, oracle, rtol=1e-6, atol=1e-9)
+
+
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 

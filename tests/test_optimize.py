@@ -385,6 +385,20 @@ def test_no_worker_process_the_lp_will_not_use(argv, tmp_path, monkeypatch, call
     assert [layer["processes"] for layer in report["layers"]] == [1]
 
 
+def test_the_general_form_shares_narrower_layers():
+    """A general LP runs HiGHS on every unit, so a layer of 40 units is worth
+    two processes; the plain LP's mostly closed-form units are not."""
+    from lpinit.lp.highs import MIN_GENERAL_UNITS_PER_PROCESS, MIN_UNITS_PER_PROCESS
+    from lpinit.optimize import build_model, lp_processes
+
+    units = 2 * MIN_GENERAL_UNITS_PER_PROCESS
+    assert units < 2 * MIN_UNITS_PER_PROCESS
+    model = build_model(f"mlp:784,{units},10")
+    assert lp_processes(model, 2, "highs", general=False) == 1
+    assert lp_processes(model, 2, "highs", general=True) == 2
+    assert lp_processes(model, 2, "cvxpy", general=True) == 1
+
+
 def test_workers_the_lp_will_use_start_before_the_data_loads(tmp_path, monkeypatch, calls):
     monkeypatch.setattr(joblib, "cpu_count", lambda: 2)
     assert main(["--model", "mlp:784,64,10", "--batch-size", "32", "--jobs", "2", "--out", str(tmp_path)]) == 0

@@ -59,6 +59,10 @@ HIGHS_STATUS_GROUPS = {
 
 MIN_UNITS_PER_PROCESS = 32
 """Fewer units than this per process do not repay feeding it."""
+MIN_GENERAL_UNITS_PER_PROCESS = 16
+"""The same for the general form, whose every unit is a HiGHS run of several
+milliseconds (the seed MLP's fc3, 50 units: 0.44 s in one process, 0.27 s in
+two; README, benchmarks)."""
 
 Tick = Callable[[int], object]
 
@@ -541,7 +545,7 @@ def solve_general(lps: GeneralLPs, *, n_jobs: int | None, time_limit_s: float | 
     and worker processes, as ``solve_highs`` does for the plain LP."""
     units = lps.Z.shape[1]
     solution = LayerSolution.empty(units, len(lps.used))
-    most = min(cpu_count() if n_jobs is None else n_jobs, units // MIN_UNITS_PER_PROCESS)
+    most = min(cpu_count() if n_jobs is None else n_jobs, units // MIN_GENERAL_UNITS_PER_PROCESS)
     parts, workers = parallel.map_chunks(
         partial(_solve_general_chunk, time_limit_s=time_limit_s),
         lps,
@@ -634,13 +638,24 @@ class _GeneralModel:
         self.split = np.r_[np.full(p, self.split_d), [self.split_e] * self.has_e].astype(bool)  # r_ of [] is float
         self.shortfall_cost = f.shortfall_cost()
         self.anchor = f.anchor
+        self.slack_start = self.split_d and not f.anchor and n <= p
         self._margin = f.margin
         self.formulation = f
         self._basis = highspy.HighsBasis()  # reused: HiGHS copies it
         self._basis.valid = True
 
     def crash_basis(self, z: np.ndarray, active: np.ndarray) -> highspy.HighsBasis | None:
-        """A dual feasible start for one unit, close to its optimum.
+        """A dual feasible start for one unit, close to its optimum (``None``:
+        HiGHS's slack basis).
+
+        With a cost on the change, no anchor and no more rows than weights (the
+        ``l1`` and activity-target LPs of an MLP), the start is the slack
+        basis: no change, every row's logical basic (``y = 0``). It is dual
+        feasible, since no cost is negative, and dual simplex then works
+        through the rows that miss at ``d = 0``. The start below measured
+        slower there: with the targets' large ``C``, ``|H^T y|`` exceeds the
+        change cost on nearly every weight, so it starts from nearly every
+        weight at its bound (README, benchmarks).
 
         Rows taken to miss their side of the margin get their slack basic
         (row multiplier ``y_i = +-C``), the others their logical. Each change
@@ -657,6 +672,8 @@ class _GeneralModel:
         than assumed (each costs dual simplex about one iteration) wins. (On
         the seed MLP's anchored LPs the later rounds measured no better.)
         """
+        if self.slack_start:
+            return None
         missed = np.where(active, z < self._margin, z > -self._margin)
         best: tuple[int, np.ndarray, np.ndarray] | None = None
         for _ in range(_CrashStart.ROUNDS if self.n > self.p else 1):

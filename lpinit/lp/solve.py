@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from lpinit import parallel
 from lpinit.lp.coverage import check_coverage
 from lpinit.lp.highs import GeneralLPs, LayerLPs, solve_general, solve_highs
-from lpinit.lp.problem import Formulation, LayerSolution, ReducedLP
+from lpinit.lp.problem import LayerSolution, ReducedLP
 from lpinit.lp.reference import solve_cvxpy, solve_cvxpy_general
 from lpinit.validation import (
     check_choice,
@@ -92,10 +92,8 @@ def solve_layer(
         warm_start: ``"highs"`` LP only: start each unit from the previous
             unit's optimal basis instead of a crash start (for the plain LP,
             units ordered so that neighbours have similar right-hand sides).
-            ``None``: what measured faster (README, benchmarks): the previous
-            unit's basis for ``l1`` and activity targets without the anchor
-            on layers with no more rows than columns (an MLP's), a crash
-            start otherwise (the anchor; tall layers, such as a Conv2d's).
+            ``None`` (the same as ``False``): the crash start, which measured
+            faster for every form (README, benchmarks).
         progress: show a progress bar over units (``None``: only on an
             interactive terminal).
         desc: label of the progress bar.
@@ -147,8 +145,7 @@ def solve_layer(
             if solver == "cvxpy":
                 solution = solve_cvxpy_general(H, Z, formulation, active, time_limit_s=time_limit_s, tick=bar.update)
             else:
-                hot_start = default_hot_start(H, formulation) if warm_start is None else warm_start
-                lps = GeneralLPs.from_layer(H, Z, formulation, hot_start=hot_start, active=active)
+                lps = GeneralLPs.from_layer(H, Z, formulation, hot_start=bool(warm_start), active=active)
                 solution = solve_general(lps, n_jobs=n_jobs, time_limit_s=time_limit_s, tick=bar.update)
             solution.active = active if formulation.target_active is not None else None
         elif solver == "cvxpy":
@@ -167,15 +164,6 @@ def solve_layer(
             )
     solution.wall_time_s = time.perf_counter() - start
     return solution
-
-
-def default_hot_start(H: np.ndarray, formulation: Formulation) -> bool:
-    """Whether the general LPs of a layer with input ``H`` start each unit from
-    the previous unit's basis (``warm_start=None``). Measured (README,
-    benchmarks): the crash start pays with the anchor, and on tall layers
-    (more rows than columns, e.g. a Conv2d's); the previous unit's basis
-    otherwise."""
-    return not (formulation.anchor or H.shape[0] > H.shape[1])
 
 
 def start_workers(n_jobs: int | None = None) -> None:
