@@ -152,8 +152,8 @@ def test_tall_layers_get_the_dual_and_wide_ones_the_lp():
     from lpinit.lp.highs import GeneralLPs
 
     l1, target = Formulation(5, 0.3, 0.2, 0.2, l1=0.1), Formulation(5, 0.3, 0.2, 0.2, target_active=0.5)
-    # 6 columns (5 weights and the bias): the dual from 24 rows, or 12 with targets
-    cases = [(l1, 30, 5, True), (l1, 23, 5, False), (target, 12, 5, True), (target, 11, 5, False), (l1, 12, 20, False)]
+    # 6 columns (5 weights and the bias): the dual from 24 rows, or 15 with targets
+    cases = [(l1, 30, 5, True), (l1, 23, 5, False), (target, 15, 5, True), (target, 14, 5, False), (l1, 12, 20, False)]
     for f, n, d_in, dual in cases:
         H, W, b = small_layer(0, relu_input=False, n=n, d_in=d_in)
         assert GeneralLPs.from_layer(H, H @ W.T + b, f, hot_start=False).dual == dual, (n, d_in)
@@ -161,10 +161,10 @@ def test_tall_layers_get_the_dual_and_wide_ones_the_lp():
 
 @pytest.mark.parametrize("name", list(OPTIONS))
 @pytest.mark.parametrize("warm_start", [None, True])
-def test_each_start_of_a_wide_layer_gives_linprogs_optimum(name, warm_start):
-    """On a wide layer the l1 and target LPs start from the slack basis (no
-    change), the anchored ones from the crash start; warm_start=True from the
-    previous unit's basis. Every start ends at linprog's optimum."""
+def test_each_start_gives_linprogs_optimum(name, warm_start):
+    """The l1 and target LPs start from the slack basis (no change), the
+    anchored ones from the crash start; warm_start=True from the previous
+    unit's basis. Every start ends at linprog's optimum."""
     from lpinit.lp.highs import GeneralLPs, _GeneralModel
 
     H, W, b = small_layer(4, relu_input=True, n=12, d_in=20, k=8)

@@ -526,16 +526,16 @@ class GeneralLPs:
     ) -> GeneralLPs:
         """``dual=None``: the dual on tall layers, whose simplex basis it
         shrinks to the weights: at least 4 samples per weight left (a
-        Conv2d's), or 2 with activity targets. (Measured, README benchmarks:
-        from the crash start the LP itself is faster on the seed MLP's
-        anchored LPs at 2.6 samples per weight, the dual on the CNN's target
-        LPs from 2.1.) ``active``: the rows to be active, by default
-        ``formulation.active_rows``."""
+        Conv2d's), or 2.5 with activity targets. (Measured, README benchmarks:
+        from its start the LP itself is faster on the seed MLP's anchored LPs
+        at 2.6 samples per weight, and on target LPs at 2.1 (the CNN's fc2);
+        the dual on target LPs from 2.6.) ``active``: the rows to be active,
+        by default ``formulation.active_rows``."""
         used = np.asarray((H != 0).any(axis=0))
         S, c = split_constant(H[:, used])
         if dual is None:
             samples, weights = H.shape[0], int(used.sum()) + 1
-            dual = samples >= (2 if formulation.target_active is not None else 4) * weights
+            dual = samples >= (2.5 if formulation.target_active is not None else 4) * weights
         active = formulation.active_rows(Z, H) if active is None else active
         return cls(formulation, used, S, c, Z, active, hot_start, dual)
 
@@ -638,7 +638,7 @@ class _GeneralModel:
         self.split = np.r_[np.full(p, self.split_d), [self.split_e] * self.has_e].astype(bool)  # r_ of [] is float
         self.shortfall_cost = f.shortfall_cost()
         self.anchor = f.anchor
-        self.slack_start = self.split_d and not f.anchor and n <= p
+        self.slack_start = self.split_d and not f.anchor
         self._margin = f.margin
         self.formulation = f
         self._basis = highspy.HighsBasis()  # reused: HiGHS copies it
@@ -648,14 +648,14 @@ class _GeneralModel:
         """A dual feasible start for one unit, close to its optimum (``None``:
         HiGHS's slack basis).
 
-        With a cost on the change, no anchor and no more rows than weights (the
-        ``l1`` and activity-target LPs of an MLP), the start is the slack
-        basis: no change, every row's logical basic (``y = 0``). It is dual
-        feasible, since no cost is negative, and dual simplex then works
-        through the rows that miss at ``d = 0``. The start below measured
-        slower there: with the targets' large ``C``, ``|H^T y|`` exceeds the
-        change cost on nearly every weight, so it starts from nearly every
-        weight at its bound (README, benchmarks).
+        With a cost on the change and no anchor (the ``l1`` and
+        activity-target LPs), the start is the slack basis: no change, every
+        row's logical basic (``y = 0``). It is dual feasible, since no cost is
+        negative, and dual simplex then works through the rows that miss at
+        ``d = 0``. The start below measured slower there: with the targets'
+        large ``C``, ``|H^T y|`` exceeds the change cost on nearly every
+        weight, so it starts from nearly every weight at its bound (README,
+        benchmarks).
 
         Rows taken to miss their side of the margin get their slack basic
         (row multiplier ``y_i = +-C``), the others their logical. Each change
