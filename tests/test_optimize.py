@@ -371,8 +371,8 @@ def test_jobs_above_the_cores_are_capped_with_a_note(tmp_path, monkeypatch, call
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--model", "mlp:784,16,10", "--jobs", "2"],  # 16 units: too few to share
-        ["--model", "mlp:784,16,10"],  # the default, one per core
+        ["--model", "mlp:784,8,10", "--jobs", "2"],  # 8 units: too few to share
+        ["--model", "mlp:784,8,10"],  # the default, one per core
         ["--model", "mlp:784,64,10", "--jobs", "2", "--solver", "cvxpy"],  # cvxpy runs here only
     ],
 )

@@ -59,10 +59,11 @@ HIGHS_STATUS_GROUPS = {
 
 MIN_UNITS_PER_PROCESS = 32
 """Fewer units than this per process do not repay feeding it."""
-MIN_GENERAL_UNITS_PER_PROCESS = 16
+MIN_GENERAL_UNITS_PER_PROCESS = 8
 """The same for the general form, whose every unit is a HiGHS run of several
-milliseconds (the seed MLP's fc3, 50 units: 0.44 s in one process, 0.27 s in
-two; README, benchmarks)."""
+milliseconds, or of a tenth of a second on a conv layer (README, benchmarks:
+the seed MLP's fc3, 50 units, 0.44 s in one process and 0.27 s in two; the
+CNN's conv2, 16 units, with the worker up)."""
 
 Tick = Callable[[int], object]
 

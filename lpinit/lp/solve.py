@@ -92,8 +92,9 @@ def solve_layer(
         warm_start: ``"highs"`` LP only: start each unit from the previous
             unit's optimal basis instead of a crash start (for the plain LP,
             units ordered so that neighbours have similar right-hand sides).
-            ``None`` (the same as ``False``): the crash start, which measured
-            faster for every form (README, benchmarks).
+            ``None`` (the same as ``False``): a start of the unit's own (the
+            crash start; the slack basis for the ``l1`` and target LPs
+            without the anchor), which measured faster (README, benchmarks).
         progress: show a progress bar over units (``None``: only on an
             interactive terminal).
         desc: label of the progress bar.
