@@ -185,6 +185,59 @@ def test_each_start_gives_linprogs_optimum(name, warm_start):
     np.testing.assert_allclose(solution.objective, oracle, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["l1", "target", "target+anchor"])
+def test_scaled_rows_keep_every_objective(name):
+    """Dividing the rows by k (input, pre-activations, margin, bias bound)
+    changes no objective at a change (d, e / k): written out from the
+    objective's definition, for the targets' C = 2 N / m and l1's C = 1."""
+    rng = np.random.default_rng(5)
+    H, Z = rng.normal(size=(20, 4)), rng.normal(size=(20, 3))
+    D, e = rng.normal(size=(3, 4)) * 0.1, rng.normal(size=3) * 0.1
+    options = OPTIONS[name]
+    f = Formulation(
+        4, 0.3, 0.2, 0.2, options.get("l1", 0.0), options.get("anchor", False), options.get("target_active")
+    )
+    active = f.active_rows(Z, H)
+    for k in (1e-3, 7.0, 1e8):
+        np.testing.assert_allclose(
+            f.scaled(k).objective(H / k, Z / k, D, e / k, active), f.objective(H, Z, D, e, active), rtol=1e-12
+        )
+
+
+def test_rows_are_scaled_by_a_power_of_2_only_far_from_unit_scale():
+    from lpinit.lp.solve import UNIT_SCALE_RANGE, row_scale
+
+    assert UNIT_SCALE_RANGE == 64.0
+    cases = [(0.5, 1.0), (1 / 64, 1.0), (64.0, 1.0), (100.0, 128.0), (3e7, 2.0**25), (1e-9, 2.0**-30)]
+    for rms, scale in [*cases, (1e300, 2.0**997)]:  # 1e300: no overflow on the way
+        Z = np.full((4, 3), rms)
+        Z[::2] *= -1  # the sign does not matter
+        assert row_scale(Z) == scale, rms
+    for bad in (0.0, np.inf, np.nan):
+        assert row_scale(np.full((2, 2), bad)) == 1.0
+    assert row_scale(np.zeros((0, 3))) == 1.0
+
+
+@pytest.mark.parametrize("name", ["l1", "target", "target+anchor"])
+@pytest.mark.parametrize("K, n, d_in", [(1e7, 40, 4), (1e8, 128, 2)])
+def test_a_layer_in_the_millions_solves_as_at_unit_scale(name, K, n, d_in):
+    """Reproduces: in deep narrow nets, pre-activations of 1e6 to 1e8 made
+    HiGHS's answers fail the duality check (absolute tolerances), and the
+    units kept their weights. At scale K the target LPs have the optimum of
+    the unit-scale LP; an l1 LP at scale K with l1 = K lambda has K times the
+    optimum of the unit-scale LP with l1 = lambda."""
+    H, W, b = small_layer(6, relu_input=True, n=n, d_in=d_in, k=8)
+    options = dict(OPTIONS[name])
+    at_unit = solve_layer(H, W, b, weight_bound=0.3, bias_bound=0.2, margin=0.2, n_jobs=1, **options)
+    factor = K if "l1" in options else 1.0  # the objective's scale
+    if "l1" in options:
+        options["l1"] *= K
+    scaled = solve_layer(K * H, W, K * b, weight_bound=0.3, bias_bound=0.2 * K, margin=0.2 * K, n_jobs=1, **options)
+    assert at_unit.status_counts() == scaled.status_counts() == {"optimal": len(W)}
+    np.testing.assert_allclose(scaled.objective, factor * at_unit.objective, rtol=1e-6)
+    assert (at_unit.objective > 1e-3).sum() >= len(W) // 2  # not trivially zero
+
+
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 

@@ -79,7 +79,7 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -282,6 +282,17 @@ class Formulation:
     anchor: bool = False
     target_active: float | None = None  # q
     coverage: int | None = None  # k: every row active in >= k units (target_active only; lpinit.lp.coverage)
+    row_scale: float = 1.0  # the rows were divided by this (``scaled``); shortfalls are in those units
+
+    def scaled(self, scale: float) -> Formulation:
+        """The same LPs with every row divided by ``scale > 0`` (the input
+        ``H``, the pre-activations, the margin and the bias bound): the same
+        optimal ``d``, the bias change divided by ``scale``, the same objective
+        (``C`` is ``scale`` times as large without targets; ``2 N / m`` keeps
+        the objective as it is with them)."""
+        return replace(
+            self, bias_bound=self.bias_bound / scale, margin=self.margin / scale, row_scale=self.row_scale * scale
+        )
 
     @property
     def plain(self) -> bool:
@@ -302,9 +313,10 @@ class Formulation:
         return self.change_cost / self.bias_bound if self.bias_bound > 0 else 0.0
 
     def shortfall_cost(self) -> float:
-        """``C``: 1, or ``2 N / m`` with activity targets (module docstring)."""
+        """``C``: 1, or ``2 N / m`` with activity targets (module docstring);
+        without targets times ``row_scale``, the unit of the shortfalls."""
         if self.target_active is None:
-            return 1.0
+            return self.row_scale
         changeable = self.in_features * (self.weight_bound > 0) + (self.bias_bound > 0)
         return 2.0 * max(changeable, 1) / self.margin
 

@@ -146,8 +146,14 @@ def solve_layer(
             if solver == "cvxpy":
                 solution = solve_cvxpy_general(H, Z, formulation, active, time_limit_s=time_limit_s, tick=bar.update)
             else:
-                lps = GeneralLPs.from_layer(H, Z, formulation, hot_start=bool(warm_start), active=active)
+                # HiGHS's tolerances are absolute: rows of pre-activations in the millions (a deep
+                # narrow net) fail the duality check, so the rows go to HiGHS at unit scale
+                scale = row_scale(Z)
+                lps = GeneralLPs.from_layer(
+                    H / scale, Z / scale, formulation.scaled(scale), hot_start=bool(warm_start), active=active
+                )
                 solution = solve_general(lps, n_jobs=n_jobs, time_limit_s=time_limit_s, tick=bar.update)
+                solution.delta_bias *= scale
             solution.active = active if formulation.target_active is not None else None
         elif solver == "cvxpy":
             solution = solve_cvxpy(
@@ -165,6 +171,23 @@ def solve_layer(
             )
     solution.wall_time_s = time.perf_counter() - start
     return solution
+
+
+UNIT_SCALE_RANGE = 2.0**6
+"""Rows whose scale (the pre-activations' RMS) is within this factor of 1 go
+to HiGHS as they are."""
+
+
+def row_scale(Z: np.ndarray) -> float:
+    """What the rows of a layer's LPs are divided by for HiGHS: the power of 2
+    nearest the root mean square of the pre-activations ``Z`` (so that the
+    division is exact), or 1 where that is within ``UNIT_SCALE_RANGE`` of 1,
+    0 or not finite."""
+    peak = float(np.max(np.abs(Z))) if Z.size else 0.0
+    rms = peak * float(np.sqrt(np.mean(np.square(Z / peak)))) if 0.0 < peak < np.inf else peak
+    if not np.isfinite(rms) or rms == 0.0 or 1.0 / UNIT_SCALE_RANGE <= rms <= UNIT_SCALE_RANGE:
+        return 1.0
+    return float(2.0 ** np.round(np.log2(rms)))
 
 
 def start_workers(n_jobs: int | None = None) -> None:
