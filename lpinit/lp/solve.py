@@ -146,8 +146,8 @@ def solve_layer(
             if solver == "cvxpy":
                 solution = solve_cvxpy_general(H, Z, formulation, active, time_limit_s=time_limit_s, tick=bar.update)
             else:
-                # HiGHS's tolerances are absolute: rows of pre-activations in the millions (a deep
-                # narrow net) fail the duality check, so the rows go to HiGHS at unit scale
+                # HiGHS's tolerances are absolute: with pre-activations in the millions (deep in a
+                # narrow net) its answers failed the duality check, so such rows go at unit scale
                 scale = row_scale(Z)
                 lps = GeneralLPs.from_layer(
                     H / scale, Z / scale, formulation.scaled(scale), hot_start=bool(warm_start), active=active
