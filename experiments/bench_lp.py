@@ -223,8 +223,8 @@ def main() -> None:
     parser.add_argument(
         "--forms",
         action="store_true",
-        help="solve the LPs of each variant but the plain one as the LP itself and as its dual, side by side "
-        "(the seed MLP: on the first --reference-units units of each layer)",
+        help="solve the LPs of each variant but the plain one as the LP itself, as its dual and on working rows, "
+        "side by side (the seed MLP: on the first --reference-units units of each layer)",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="MNIST training images per batch")
     parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batch draw")
@@ -422,14 +422,16 @@ def naive_cvxpy_general(H, W, b, kwargs) -> tuple[float, np.ndarray, float]:
 
 def forms(recorded: list[tuple], units: int | None = None) -> str:
     """Each recorded layer's general LPs (of its first ``units`` units, or
-    all) solved as the LP itself and as its dual (``lpinit.lp.highs``), in
-    this process, side by side."""
-    from lpinit.lp.highs import GeneralLPs, solve_general
+    all) solved in each of ``lpinit.lp.highs.FORMS`` that applies (the LP
+    itself, its dual, the LP itself on working rows), in this process, side
+    by side."""
+    from lpinit.lp.highs import FORMS, GeneralLPs, solve_general
     from lpinit.validation import check_formulation
 
     scope = "" if units is None else f" (first {units} units)"
     lines = [
-        f"  each layer's LPs{scope} as the LP itself and as its dual (one process; * = the form solve_layer picks):"
+        f"  each layer's LPs{scope} as the LP itself, as its dual and on working rows (one process; * = the form "
+        "solve_layer picks):"
     ]
     for name, H, W, b, kwargs, solution in recorded:
         W, b, reference = W[:units], b[:units], solution.objective[:units]
@@ -445,15 +447,15 @@ def forms(recorded: list[tuple], units: int | None = None) -> str:
         Z = H @ W.T + b
         picked_lps = GeneralLPs.from_layer(H, Z, f, hot_start=False)
         timed = []
-        for dual in (False, True):
-            lps = replace(picked_lps, dual=dual, token=uuid.uuid4().hex)  # a token of its own: its own HiGHS model
+        for form in [form for form in FORMS if not (form == "rows" and f.anchor)]:  # no anchor on working rows
+            lps = replace(picked_lps, form=form, token=uuid.uuid4().hex)  # a token of its own: its own HiGHS model
             start = time.perf_counter()
             s = solve_general(lps, n_jobs=1, time_limit_s=None, tick=lambda _: None)
             seconds = time.perf_counter() - start
             agree = np.abs(s.objective - reference).max() / max(1.0, np.abs(reference).max())
-            picked = "*" if dual == picked_lps.dual else " "
+            picked = "*" if form == picked_lps.form else " "
             timed.append(
-                f"{'dual' if dual else 'LP'}{picked} {seconds:6.2f} s ({s.iterations.sum():,} iterations, "
+                f"{form}{picked} {seconds:6.2f} s ({s.iterations.sum():,} iterations, "
                 f"{s.status_counts()}, objectives within {agree:.0e})"
             )
         per_unit = f", {len(W)} units" if units is not None else ""

@@ -5,9 +5,11 @@ counts."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from scipy.optimize import linprog
 from torch import nn
@@ -16,6 +18,7 @@ from lpinit import bias_shift_, count_relu_zeros, lp_initialize, mlp, quantile_b
 from lpinit.controls import quantile_thresholds
 from lpinit.initialize import PLAIN_LP
 from lpinit.lp import SOLVERS, solve_layer
+from lpinit.lp.highs import FORMS
 from lpinit.lp.problem import Formulation
 
 
@@ -105,35 +108,39 @@ def test_every_option_matches_linprog_in_both_solvers(name, relu_input):
         np.testing.assert_allclose(achieved, solution.objective, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", OPTIONS)
-@pytest.mark.parametrize("dual", [False, True])
+FORMS_OF_OPTIONS = [(name, form) for name in OPTIONS for form in FORMS if not (form == "rows" and "anchor" in name)]
+"""Every option with every form that holds it (working rows hold no anchor)."""
+
+
+@pytest.mark.parametrize("name, form", FORMS_OF_OPTIONS)
 @pytest.mark.parametrize("case", ["tall", "wide", "shifted", "no bias"])
-def test_the_lp_and_its_dual_both_match_linprog(name, dual, case, monkeypatch):
-    """The fast path solves a unit's general LP as written, or its dual (by
-    default on tall layers); either form, on any shape, gives linprog's optimum."""
+def test_every_form_matches_linprog(name, form, case, monkeypatch):
+    """The fast path solves a unit's general LP as written, as its dual, or
+    as written on working rows (row generation); every form, on any shape,
+    gives linprog's optimum."""
     import lpinit.lp.highs
     import lpinit.lp.solve
 
+    options = OPTIONS[name]
     n, d_in = (12, 20) if case == "wide" else (30, 5)
     H, W, b = small_layer(2, relu_input=False, n=n, d_in=d_in)
     if case == "shifted":  # most of each column at one value, as MNIST's background: the shift applies
         H[np.random.default_rng(3).random(H.shape) < 0.7] = -0.42
     bias_bound = 0.0 if case == "no bias" else 0.2
-    options = OPTIONS[name]
     f = Formulation(
         d_in, 0.3, bias_bound, 0.2, options.get("l1", 0.0), options.get("anchor", False), options.get("target_active")
     )
     built = []
     original = lpinit.lp.highs.GeneralLPs.from_layer
 
-    def forced(H, Z, formulation, hot_start, dual=None, active=None):
-        built.append(original(H, Z, formulation, hot_start, dual=forced_dual, active=active))
+    def forced(H, Z, formulation, hot_start, form=None, active=None):
+        built.append(original(H, Z, formulation, hot_start, form=forced_form, active=active))
         return built[-1]
 
-    forced_dual = dual
+    forced_form = form
     monkeypatch.setattr(lpinit.lp.solve.GeneralLPs, "from_layer", forced)
     solution = solve_layer(H, W, b, weight_bound=0.3, bias_bound=bias_bound, margin=0.2, n_jobs=1, **options)
-    assert [lps.dual for lps in built] == [dual]
+    assert [lps.form for lps in built] == [form]
     assert built[0].c.any() == (case == "shifted")
     oracle = linprog_general(H, H @ W.T + b, f)
     assert (oracle > 1e-3).sum() >= len(W) - 1  # not trivially zero
@@ -148,15 +155,113 @@ def test_the_lp_and_its_dual_both_match_linprog(name, dual, case, monkeypatch):
         np.testing.assert_allclose(solution.delta_weight @ H.mean(axis=0) + solution.delta_bias, 0.0, atol=1e-9)
 
 
-def test_tall_layers_get_the_dual_and_wide_ones_the_lp():
+@pytest.mark.parametrize("name", ["l1", "target"])
+@pytest.mark.parametrize("case", ["wide", "tall", "shifted", "no bias"])
+def test_working_rows_add_rows_until_none_left_out_misses(name, case, monkeypatch):
+    """Row generation from a working set of 3 rows: several rounds per unit,
+    every row added at most once, and linprog's optimum on the whole LP."""
+    from lpinit.lp.highs import GeneralLPs, _WorkingRowsModel
+
+    monkeypatch.setattr(_WorkingRowsModel, "INITIAL_ROWS", 3)
+    n, d_in = (40, 60) if case == "wide" else (120, 4)
+    H, W, b = small_layer(7, relu_input=case != "shifted", n=n, d_in=d_in, k=5)
+    if case == "shifted":
+        H[np.random.default_rng(8).random(H.shape) < 0.7] = -0.42
+    bias_bound = 0.0 if case == "no bias" else 0.2
+    options = OPTIONS[name]
+    f = Formulation(d_in, 0.3, bias_bound, 0.2, options.get("l1", 0.0), target_active=options.get("target_active"))
+    Z = H @ W.T + b
+    lps = GeneralLPs.from_layer(H, Z, f, hot_start=False, form="rows")
+    model = _WorkingRowsModel(lps, threads=0)
+    model.tall = False  # start from INITIAL_ROWS rows on any shape
+    added = []
+    original_add = _WorkingRowsModel._add
+    monkeypatch.setattr(
+        _WorkingRowsModel, "_add", lambda self, new, *a: (added.append(new), original_add(self, new, *a))
+    )
+    rounds, sizes = [], []
+    oracle = linprog_general(H, Z, f)
+    for j in range(len(W)):
+        added.clear()
+        status, _ = model.solve(Z[:, j], lps.active[:, j], None)
+        assert status == "optimal"
+        d, e = model.change(np.asarray(model.highs.getSolution().col_value))  # the whole LP's objective at it
+        objective = f.objective(H, Z[:, [j]], d[None], np.array([e]), lps.active[:, [j]])[0]
+        np.testing.assert_allclose(objective, oracle[j], rtol=1e-6, atol=1e-9)
+        every = np.concatenate(added)
+        assert len(every) == len(np.unique(every)) == len(model.rows)  # no row twice
+        rounds.append(len(added))
+        sizes.append(len(every))
+    assert max(rounds) >= 2  # rows were generated
+    assert min(sizes) < n  # and some unit's LP was solved on part of its rows
+    solution = solve_layer(H, W, b, weight_bound=0.3, bias_bound=bias_bound, margin=0.2, n_jobs=1, **options)
+    assert solution.status_counts() == {"optimal": len(W)}
+    assert solution.resolves == 0  # every answer passed the duality check as it came
+    np.testing.assert_allclose(solution.objective, oracle, rtol=1e-6, atol=1e-9)
+
+
+def test_a_tall_layers_working_rows_start_from_every_row_missed():
+    """On a tall layer the first working set is every row that misses its
+    side at the bias-only change, if more than INITIAL_ROWS; on a wide one,
+    INITIAL_ROWS rows."""
+    from lpinit.lp.highs import GeneralLPs, _WorkingRowsModel
+
+    f = Formulation(3, 0.01, 0.0, 1.0, target_active=0.5)  # a tiny box, no bias: most rows stay missed
+    for n, d_in, tall in [(400, 3, True), (70, 30, False)]:
+        H, W, b = small_layer(9, relu_input=False, n=n, d_in=d_in, k=1)
+        f = replace(f, in_features=d_in)
+        Z = H @ W.T + b
+        lps = GeneralLPs.from_layer(H, Z, f, hot_start=False)
+        model = _WorkingRowsModel(lps, threads=0)
+        assert model.tall == tall
+        first: list[int] = []
+        add = model._add
+
+        def counted(new, *args, add=add, first=first):
+            first.append(len(new))
+            add(new, *args)
+
+        model._add = counted  # type: ignore[method-assign]
+        model.solve(Z[:, 0], lps.active[:, 0], None)
+        z, a = Z[:, 0], lps.active[:, 0]
+        missed = int(np.where(a, z < 1.0, z > -1.0).sum())  # no bias: no shift
+        assert missed > _WorkingRowsModel.INITIAL_ROWS
+        assert first[0] == (missed if tall else _WorkingRowsModel.INITIAL_ROWS)
+
+
+def test_csr_rows_are_scipys_rows():
+    from lpinit.lp.highs import _csr_rows
+
+    dense = sp.random(50, 30, density=0.3, random_state=1).toarray()
+    dense[4] = 0.0  # an empty row
+    M = sp.csr_matrix(dense)
+    for rows in [np.array([3, 0, 49, 4, 7]), np.arange(50), np.array([4])]:
+        starts, indices, values = _csr_rows(M, rows)
+        expected = M[rows]
+        np.testing.assert_array_equal(starts, expected.indptr[:-1])
+        np.testing.assert_array_equal(indices, expected.indices)
+        np.testing.assert_array_equal(values, expected.data)
+
+
+def test_each_layer_gets_its_form():
+    """Target LPs without the anchor go to working rows (unless started from
+    the previous unit's basis); the others to the dual on tall layers, the
+    LP itself on wide ones."""
     from lpinit.lp.highs import GeneralLPs
 
     l1, target = Formulation(5, 0.3, 0.2, 0.2, l1=0.1), Formulation(5, 0.3, 0.2, 0.2, target_active=0.5)
+    anchored = replace(target, anchor=True)
     # 6 columns (5 weights and the bias): the dual from 24 rows, or 15 with targets
-    cases = [(l1, 30, 5, True), (l1, 23, 5, False), (target, 15, 5, True), (target, 14, 5, False), (l1, 12, 20, False)]
-    for f, n, d_in, dual in cases:
+    cases = [(l1, 30, 5, False, "dual"), (l1, 23, 5, False, "lp"), (l1, 12, 20, False, "lp")]
+    cases += [(target, n, d_in, False, "rows") for n, d_in in [(30, 5), (12, 20)]]
+    cases += [(target, 15, 5, True, "dual"), (target, 14, 5, True, "lp"), (anchored, 15, 5, False, "dual")]
+    cases += [(anchored, 14, 5, False, "lp")]
+    for f, n, d_in, hot_start, form in cases:
         H, W, b = small_layer(0, relu_input=False, n=n, d_in=d_in)
-        assert GeneralLPs.from_layer(H, H @ W.T + b, f, hot_start=False).dual == dual, (n, d_in)
+        assert GeneralLPs.from_layer(H, H @ W.T + b, f, hot_start=hot_start).form == form, (f, n, d_in, hot_start)
+    H, W, b = small_layer(0, relu_input=False, n=30, d_in=5)
+    with pytest.raises(ValueError, match="'rows' without the anchor"):
+        GeneralLPs.from_layer(H, H @ W.T + b, anchored, hot_start=False, form="rows")
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
@@ -173,7 +278,7 @@ def test_each_start_gives_linprogs_optimum(name, warm_start):
         20, 0.3, 0.2, 0.2, options.get("l1", 0.0), options.get("anchor", False), options.get("target_active")
     )
     Z = H @ W.T + b
-    model = _GeneralModel(GeneralLPs.from_layer(H, Z, f, hot_start=False, dual=False), threads=0)
+    model = _GeneralModel(GeneralLPs.from_layer(H, Z, f, hot_start=False, form="lp"), threads=0)
     assert model.slack_start == (not options.get("anchor"))
     assert (model.crash_basis(Z[:, 0], f.active_rows(Z, H)[:, 0]) is None) == model.slack_start
     solution = solve_layer(
@@ -515,13 +620,16 @@ def test_a_layer_with_constant_preactivations_and_a_target_gets_a_clear_error():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_a_stalled_lp_is_finished_on_its_dual(monkeypatch):
-    """Simplex stopped by the iteration cap (a stall) on the LP itself: the
-    unit is solved again as the dual, and the answer is still linprog's."""
+@pytest.mark.parametrize("name, form", [("anchor", "lp"), ("target", "rows")])
+def test_a_stalled_lp_is_finished_on_its_dual(name, form, monkeypatch):
+    """Simplex stopped by the iteration cap (a stall) on the LP itself, whole
+    or on working rows: the unit is solved again as the dual, and the answer
+    is still linprog's."""
     import lpinit.lp.highs as highs_path
 
     H, W, b = small_layer(4, relu_input=True, n=12, d_in=20)  # wide: the LP itself first
-    f = Formulation(20, 0.3, 0.2, 0.2, anchor=True)
+    options = OPTIONS[name]
+    f = Formulation(20, 0.3, 0.2, 0.2, anchor=options.get("anchor", False), target_active=options.get("target_active"))
     caps = []
 
     def tiny_cap(rows):
@@ -529,11 +637,11 @@ def test_a_stalled_lp_is_finished_on_its_dual(monkeypatch):
         return 1  # every first run stalls; the dual's run then finishes by IPM
 
     monkeypatch.setattr(highs_path, "iteration_cap", tiny_cap)
-    solution = solve_layer(H, W, b, weight_bound=0.3, bias_bound=0.2, margin=0.2, n_jobs=1, anchor=True)
+    solution = solve_layer(H, W, b, weight_bound=0.3, bias_bound=0.2, margin=0.2, n_jobs=1, **options)
     assert solution.status_counts() == {"optimal": len(W)}
     np.testing.assert_allclose(solution.objective, linprog_general(H, H @ W.T + b, f), rtol=1e-6, atol=1e-9)
     models = highs_path._general_models.last[1]
-    assert set(models) == {False, True}  # the LP and its dual were both built
+    assert set(models) == {form, "dual"}  # the LP (in its form) and its dual were both built
     # two stalls of the LP, then the dual directly: one capped run per unit, plus the two stalled ones
     assert len(caps) == len(W) + 2
 

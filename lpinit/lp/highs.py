@@ -7,7 +7,10 @@ On top of the reduction (dual fixing and the shift):
    the row bounds change. The general form (anchor, ``l1``, targets) is
    built as its dual on tall layers (more samples than weights, such as a
    Conv2d's), where the dual's basis, a row per weight, is the smaller one
-   (``_DualModel``); per unit only its costs and bounds change.
+   (``_DualModel``); per unit only its costs and bounds change. Target LPs
+   without the anchor are the exception: each unit's LP is built on a
+   working set of its rows, and rows are added until none left out misses
+   its side (``_WorkingRowsModel``).
 2. *Crash start.* Dual simplex starts each unit from every weight at the
    bound that raises the unit's short rows, with those rows' shortfalls
    basic (``_CrashStart``); a unit whose start already meets every margin is
@@ -498,6 +501,16 @@ def _similarity_order(R: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- the general form
 
 
+TALL_TARGET_LAYER = 2.5
+"""Samples per weight (the bias counted) from which a target LP's layer is
+tall: the dual is its faster whole form, and its working rows start larger."""
+
+FORMS = ("lp", "dual", "rows")
+"""How a unit's general LP goes to HiGHS: the LP itself, built once per layer
+(``_GeneralModel``); its dual, built once (``_DualModel``); or the LP itself
+on a working set of rows, built per unit (``_WorkingRowsModel``)."""
+
+
 @dataclass(frozen=True)
 class GeneralLPs:
     """The LPs of one layer's units in the general form (anchor, ``l1``,
@@ -512,7 +525,7 @@ class GeneralLPs:
     Z: np.ndarray  # (n, k) pre-activations before the change
     active: np.ndarray  # (n, k) bool: rows to be active (A_j)
     hot_start: bool  # start each unit from the previous unit's basis
-    dual: bool  # solve each unit's dual LP (``_DualModel``) instead of the LP itself
+    form: str  # one of FORMS: how each unit's LP goes to HiGHS
     token: str = field(default_factory=lambda: uuid.uuid4().hex)  # tells cached HiGHS instances apart
 
     @classmethod
@@ -522,23 +535,31 @@ class GeneralLPs:
         Z: np.ndarray,
         formulation: Formulation,
         hot_start: bool,
-        dual: bool | None = None,
+        form: str | None = None,
         active: np.ndarray | None = None,
     ) -> GeneralLPs:
-        """``dual=None``: the dual on tall layers, whose simplex basis it
-        shrinks to the weights: at least 4 samples per weight left (a
-        Conv2d's), or 2.5 with activity targets. (Measured, README benchmarks:
-        from its start the LP itself is faster on the seed MLP's anchored LPs
-        at 2.6 samples per weight, and on target LPs at 2.1 (the CNN's fc2);
-        the dual on target LPs from 2.6.) ``active``: the rows to be active,
-        by default ``formulation.active_rows``."""
+        """``form=None``: ``"rows"`` for activity targets without the anchor
+        (unless ``hot_start``); else ``"dual"`` on tall layers, whose simplex
+        basis it shrinks to the weights: at least 4 samples per weight left
+        (a Conv2d's), or 2.5 with activity targets; else ``"lp"``. (Measured,
+        README benchmarks: on target LPs the working rows beat both other
+        forms on every layer of the seed MLP and the CNN; from its start the
+        LP itself is faster on the seed MLP's anchored LPs at 2.6 samples per
+        weight.) ``active``: the rows to be active, by default
+        ``formulation.active_rows``."""
         used = np.asarray((H != 0).any(axis=0))
         S, c = split_constant(H[:, used])
-        if dual is None:
+        if form is None:
             samples, weights = H.shape[0], int(used.sum()) + 1
-            dual = samples >= (2.5 if formulation.target_active is not None else 4) * weights
+            targets = formulation.target_active is not None
+            if targets and not formulation.anchor and not hot_start:
+                form = "rows"
+            else:
+                form = "dual" if samples >= (TALL_TARGET_LAYER if targets else 4) * weights else "lp"
+        if form not in FORMS or (form == "rows" and formulation.anchor):
+            raise ValueError(f"form must be one of {FORMS} ('rows' without the anchor), got {form!r}")
         active = formulation.active_rows(Z, H) if active is None else active
-        return cls(formulation, used, S, c, Z, active, hot_start, dual)
+        return cls(formulation, used, S, c, Z, active, hot_start, form)
 
 
 def solve_general(lps: GeneralLPs, *, n_jobs: int | None, time_limit_s: float | None, tick: Tick) -> LayerSolution:
@@ -860,6 +881,154 @@ class _DualModel:
         return change[: self.p], float(change[self.p]) if self.has_e else 0.0, values[: self.n], mu
 
 
+class _WorkingRowsModel:
+    """A HiGHS instance for the LP itself on a working set of rows, rebuilt
+    per unit (row generation).
+
+    A unit's LP starts from the ``INITIAL_ROWS`` rows nearest to missing
+    their side at the bias-only change that best splits ``A_j`` from ``I_j``,
+    or on a tall layer from every row that misses there if there are more
+    (each row's ``s`` column comes with it). After each solve, if some row
+    left out misses its side at the answer, every left-out row within
+    ``ADDED_WITHIN m`` of missing it is added, and dual simplex goes on from the
+    basis it has (new rows enter basic). When no row left out misses, the
+    answer is optimal for the whole LP: with ``s_i = 0`` on those rows it is
+    feasible there at the same objective, and leaving rows out only relaxes
+    the LP. Its row multipliers, 0 on the rows left out, are checked
+    against the duality bound like every other form's.
+
+    Target LPs end with few rows at their margin (tens of the seed MLP's
+    256, a few hundred of a Conv2d's 2,048), and simplex's time per
+    iteration follows the rows it holds. A wide layer's rows are long, so
+    its sets start small; a tall layer's are short, and its time goes to
+    factoring a basis of up to a column per weight, which every round
+    repeats, so its sets start large (README, benchmarks).
+    """
+
+    INITIAL_ROWS = 32
+    ADDED_WITHIN = 0.5  # of the margin
+
+    def __init__(self, lps: GeneralLPs, threads: int):
+        f, S, c = lps.formulation, lps.S, lps.c
+        n, p = S.shape
+        self.n, self.p, self.formulation = n, p, f
+        self.dense_H = S.toarray() + c
+        self.has_e = bool(f.bias_bound > 0)
+        self.split_d = bool(f.weight_cost() > 0)
+        self.split_e = bool(self.has_e and f.bias_cost() > 0)
+        shifted = bool(c.any())
+        inf = highspy.kHighsInf
+        ones = np.ones((n, 1))
+        d_block = [S, -S] if self.split_d else [S]
+        e_block = ([ones, -ones] if self.split_e else [ones]) if self.has_e else []
+        self.sample_rows = sp.hstack([*d_block, *e_block, *([ones] if shifted else [])], format="csr")
+        core = self.sample_rows.shape[1]
+        self.e_first = p * len(d_block)
+        cost, lower, upper = np.zeros(core), np.zeros(core), np.zeros(core)
+        cost[: self.e_first] = f.weight_cost()
+        lower[: self.e_first] = 0.0 if self.split_d else -f.weight_bound
+        upper[: self.e_first] = f.weight_bound
+        cost[self.e_first : self.e_first + len(e_block)] = f.bias_cost()
+        lower[self.e_first : self.e_first + len(e_block)] = 0.0 if self.split_e else -f.bias_bound
+        upper[self.e_first : self.e_first + len(e_block)] = f.bias_bound
+        if shifted:  # t = c . d: a row of its own, the first
+            lower[-1], upper[-1] = -inf, inf
+            t_row = np.concatenate([c, -c if self.split_d else [], [0.0] * len(e_block), [-1.0]])
+            first_rows = sp.csc_matrix(t_row.reshape(1, -1))
+        else:
+            first_rows = sp.csc_matrix((0, core))
+        self.first_rows = first_rows.shape[0]
+        self._core = (first_rows, cost, lower, upper, np.zeros(self.first_rows), np.zeros(self.first_rows))
+        self.highs = _pass_model(*self._core, threads)
+        # measured (README, benchmarks): HiGHS's scaling costs these LPs iterations, as it does the others
+        self.highs.setOptionValue("simplex_scale_strategy", 0)
+        self.rows = np.zeros(0, dtype=np.intp)  # the working rows of the unit posed last, in HiGHS's order
+        self.tall = n >= TALL_TARGET_LAYER * (p + self.has_e)
+
+    def crash_basis(self, z: np.ndarray, active: np.ndarray) -> None:
+        """No start of our own: each working set starts from the slack basis."""
+        return None
+
+    def solve(self, z: np.ndarray, active: np.ndarray, time_limit_s: float | None) -> tuple[str, int]:
+        """Solve one unit's LP by row generation; the unit status and the
+        simplex iterations of all its rounds."""
+        f, highs, inf = self.formulation, self.highs, highspy.kHighsInf
+        _pass_model(*self._core, threads=0, into=highs)
+        lower, upper = f.row_bounds(z, active)
+        lower, upper = np.maximum(lower, -inf), np.minimum(upper, inf)
+        shift = 0.0
+        if active.any() and not active.all():  # the bias-only change halfway between A_j and I_j
+            shift = float(np.clip(-(z[active].min() + z[~active].max()) / 2, -f.bias_bound, f.bias_bound))
+        slack = np.where(active, z + shift - f.margin, -f.margin - z - shift)
+        first = max(self.INITIAL_ROWS, np.count_nonzero(slack < 0)) if self.tall else self.INITIAL_ROWS
+        new = np.argsort(slack, kind="stable")[:first]
+        working = np.zeros(self.n, dtype=bool)
+        self.rows = np.zeros(0, dtype=np.intp)
+        began, iterations = time.perf_counter(), 0
+        while True:
+            self._add(new, lower, upper, active)
+            working[new] = True
+            left = None if time_limit_s is None else max(0.0, time_limit_s - (time.perf_counter() - began))
+            status, its = _run(highs, left, iteration_cap(len(self.rows)), finish=False)
+            iterations += its
+            if status != OPTIMAL:
+                return status, iterations
+            d, e = self.change(np.asarray(highs.getSolution().col_value))
+            z_new = z + self.dense_H @ d + e
+            short = np.where(active, f.margin - z_new, z_new + f.margin)
+            short[working] = -inf
+            if not (short > 0).any():
+                return status, iterations
+            new = np.flatnonzero(short > -self.ADDED_WITHIN * f.margin)
+
+    def _add(self, new: np.ndarray, lower: np.ndarray, upper: np.ndarray, active: np.ndarray) -> None:
+        """Add the sample rows ``new`` and their ``s`` columns (``+1`` on a row
+        to be active, ``-1`` on one to be inactive) to the instance."""
+        highs, first, count = self.highs, self.highs.getNumRow(), len(new)
+        starts, indices, values = _csr_rows(self.sample_rows, new)
+        highs.addRows(count, lower[new], upper[new], len(values), starts, indices, values)
+        highs.addCols(
+            count,
+            np.full(count, self.formulation.shortfall_cost()),
+            np.zeros(count),
+            np.full(count, highspy.kHighsInf),
+            count,
+            np.arange(count, dtype=np.int32),
+            np.arange(first, first + count, dtype=np.int32),
+            np.where(active[new], 1.0, -1.0),
+        )
+        self.rows = np.r_[self.rows, new]
+
+    def pose(self, z: np.ndarray, active: np.ndarray) -> None:
+        raise NotImplementedError("a working-rows model is posed and solved by solve()")
+
+    def read(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float, np.ndarray, float]:
+        """The change ``d, e`` and the row multipliers ``y`` (0 on the rows
+        left out)."""
+        d, e = self.change(np.asarray(answer.col_value))
+        y = np.zeros(self.n)
+        y[self.rows] = np.asarray(answer.row_dual)[self.first_rows :]
+        return d, e, y, 0.0
+
+    def change(self, values: np.ndarray) -> tuple[np.ndarray, float]:
+        """The weights' change ``d`` and the bias change ``e`` in a HiGHS solution."""
+        p, at = self.p, self.e_first
+        d = values[:p] - (values[p : 2 * p] if self.split_d else 0.0)
+        e = values[at] - (values[at + 1] if self.split_e else 0.0) if self.has_e else 0.0
+        return d, float(e)
+
+
+def _csr_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows ``rows`` of ``matrix`` as HiGHS takes them: their starts,
+    column indices (int32) and values (scipy's own row indexing takes
+    several times as long)."""
+    begin, end = matrix.indptr[rows], matrix.indptr[rows + 1]
+    lengths = end - begin
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    at = np.arange(lengths.sum()) - np.repeat(starts - begin, lengths)  # each entry's place in matrix
+    return starts.astype(np.int32), matrix.indices[at].astype(np.int32), matrix.data[at]
+
+
 _LOWER, _BASIC, _UPPER = 0, 1, 2
 _STATUSES = np.array(
     [highspy.HighsBasisStatus.kLower, highspy.HighsBasisStatus.kBasic, highspy.HighsBasisStatus.kUpper], dtype=object
@@ -869,17 +1038,21 @@ _STATUSES = np.array(
 _general_models = threading.local()
 
 
-def _general_model(lps: GeneralLPs, threads: int, dual: bool) -> _GeneralModel | _DualModel:
-    """This thread's HiGHS instance for ``lps`` as the LP itself or as its
-    dual (kept for the layer's next chunk)."""
+_Model = _GeneralModel | _DualModel | _WorkingRowsModel
+_MODELS: dict[str, type[_Model]] = {"lp": _GeneralModel, "dual": _DualModel, "rows": _WorkingRowsModel}
+
+
+def _general_model(lps: GeneralLPs, threads: int, form: str) -> _Model:
+    """This thread's HiGHS instance for ``lps`` in ``form`` (one of ``FORMS``),
+    kept for the layer's next chunk."""
     key = (lps.token, threads)
     cached = getattr(_general_models, "last", None)
     if cached is None or cached[0] != key:
         cached = _general_models.last = (key, {})
-    models: dict[bool, _GeneralModel | _DualModel] = cached[1]
-    if dual not in models:
-        models[dual] = _DualModel(lps, threads) if dual else _GeneralModel(lps, threads)
-    return models[dual]
+    models: dict[str, _Model] = cached[1]
+    if form not in models:
+        models[form] = _MODELS[form](lps, threads)
+    return models[form]
 
 
 def _solve_general_chunk(
@@ -893,8 +1066,10 @@ def _solve_general_chunk(
     degenerate LPs with a large box) is finished on the dual LP, where
     simplex takes another path, and after two stalls the chunk's other units
     go to the dual directly; a stalled dual is rerun with HiGHS's scaling,
-    then finished by the interior point method (``_run``)."""
-    model = _general_model(lps, threads, lps.dual)
+    then finished by the interior point method (``_run``). An answer that
+    fails the check is solved again from scratch with presolve, on the LP
+    itself built whole if it came from the working rows."""
+    model = _general_model(lps, threads, lps.form)
     n = model.n
     Z, active = lps.Z[:, chunk], lps.active[:, chunk]
     units = len(chunk)
@@ -902,34 +1077,40 @@ def _solve_general_chunk(
     D, e, Y, mu = np.zeros((units, model.p)), np.zeros(units), np.zeros((n, units)), np.zeros(units)
     solved = np.zeros(units, dtype=bool)
 
-    def run_on(on: _GeneralModel | _DualModel, k: int, presolve: str, fresh: bool) -> str:
-        start = on.crash_basis(Z[:, k], active[:, k]) if presolve == "off" and fresh else None
-        on.pose(Z[:, k], active[:, k])
-        if fresh:
-            on.highs.clearSolver()
-        if start is not None:
-            on.highs.setBasis(start)
-        on.highs.setOptionValue("presolve", presolve)
-        # a stalled LP goes to its dual (solve below), where simplex takes another path; the dual is finished by _run
-        status, iterations = _run(on.highs, time_limit_s, iteration_cap(n), finish=isinstance(on, _DualModel))
+    def run_on(on: _Model, k: int, presolve: str, fresh: bool) -> str:
+        if isinstance(on, _WorkingRowsModel):
+            status, iterations = on.solve(Z[:, k], active[:, k], time_limit_s)
+        else:
+            start = on.crash_basis(Z[:, k], active[:, k]) if presolve == "off" and fresh else None
+            on.pose(Z[:, k], active[:, k])
+            if fresh:
+                on.highs.clearSolver()
+            if start is not None:
+                on.highs.setBasis(start)
+            on.highs.setOptionValue("presolve", presolve)
+            # a stalled LP goes to its dual (solve below), where simplex takes another path;
+            # the dual is finished by _run
+            status, iterations = _run(on.highs, time_limit_s, iteration_cap(n), finish=isinstance(on, _DualModel))
         solution.iterations[k] += iterations
         if status == OPTIMAL:
             D[k], e[k], Y[:, k], mu[k] = on.read(on.highs.getSolution())
         return status
 
     stalls = 0
+    to_dual_form = lps.form != "dual"
 
     def solve(k: int, presolve: str) -> None:
         nonlocal stalls
         began = time.perf_counter()  # solver time: the unit's HiGHS calls, from its bounds to its answer
         # after two stalls, the layer's LPs are taken to stall (a property of the box): straight to the dual
-        to_dual = not lps.dual and stalls >= 2
+        to_dual = to_dual_form and stalls >= 2
         if not to_dual:
-            status = run_on(model, k, presolve, fresh=presolve == "on" or not lps.hot_start)
-            to_dual = not lps.dual and model.highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
+            on = _general_model(lps, threads, "lp") if presolve == "on" and lps.form == "rows" else model
+            status = run_on(on, k, presolve, fresh=presolve == "on" or not lps.hot_start)
+            to_dual = to_dual_form and on.highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
         if to_dual:
             stalls += 1
-            status = run_on(_general_model(lps, threads, dual=True), k, presolve, fresh=True)
+            status = run_on(_general_model(lps, threads, "dual"), k, presolve, fresh=True)
         solution.status[k] = status
         solved[k] = status == OPTIMAL
         solution.solver_time_s[k] += time.perf_counter() - began
@@ -944,7 +1125,8 @@ def _solve_general_chunk(
         solve(k, "on")
         if solution.status[k] == OPTIMAL:
             _accept_general(lps, model, Z, active, D, e, Y, mu, np.array([k]), solution)
-    model.highs.setOptionValue("presolve", "off")
+    for on in _general_models.last[1].values():
+        on.highs.setOptionValue("presolve", "off")
 
     delta_weight = np.zeros((units, len(lps.used)))  # unused input columns: no change
     delta_weight[:, lps.used] = solution.delta_weight
@@ -953,7 +1135,7 @@ def _solve_general_chunk(
 
 def _accept_general(
     lps: GeneralLPs,
-    model: _GeneralModel | _DualModel,
+    model: _Model,
     Z: np.ndarray,
     active: np.ndarray,
     D: np.ndarray,
@@ -994,14 +1176,19 @@ def _pass_model(
     row_upper: np.ndarray,
     threads: int,
     integrality: np.ndarray | None = None,
+    into: highspy.Highs | None = None,
 ) -> highspy.Highs:
     """A silent HiGHS instance (presolve off) holding ``min cost . x`` s.t.
-    ``row_lower <= A x <= row_upper``, ``col_lower <= x <= col_upper``."""
-    swallow_highs_banner()
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
-    highs.setOptionValue("threads", threads)
-    highs.setOptionValue("presolve", "off")
+    ``row_lower <= A x <= row_upper``, ``col_lower <= x <= col_upper``; or
+    ``into``, with its options kept, holding that model instead of its own."""
+    if into is None:
+        swallow_highs_banner()
+        highs = highspy.Highs()
+        highs.setOptionValue("output_flag", False)
+        highs.setOptionValue("threads", threads)
+        highs.setOptionValue("presolve", "off")
+    else:
+        highs = into
     if integrality is None:
         integrality = np.full(A.shape[1], int(highspy.HighsVarType.kContinuous), dtype=np.int32)
     # the overload that takes numpy arrays as they are (a HighsLp converts them element by element)
