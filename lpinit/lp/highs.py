@@ -943,17 +943,14 @@ class _WorkingRowsModel:
         # measured (README, benchmarks): HiGHS's scaling costs these LPs iterations, as it does the others
         self.highs.setOptionValue("simplex_scale_strategy", 0)
         self.rows = np.zeros(0, dtype=np.intp)  # the working rows of the unit posed last, in HiGHS's order
-        self.tall = n >= TALL_TARGET_LAYER * (p + self.has_e)
-
-    def crash_basis(self, z: np.ndarray, active: np.ndarray) -> None:
-        """No start of our own: each working set starts from the slack basis."""
-        return None
+        self.tall = n >= TALL_TARGET_LAYER * (p + 1)
+        self.threads = threads
 
     def solve(self, z: np.ndarray, active: np.ndarray, time_limit_s: float | None) -> tuple[str, int]:
-        """Solve one unit's LP by row generation; the unit status and the
-        simplex iterations of all its rounds."""
+        """Solve one unit's LP by row generation, from the slack basis; the
+        unit status and the simplex iterations of all its rounds."""
         f, highs, inf = self.formulation, self.highs, highspy.kHighsInf
-        _pass_model(*self._core, threads=0, into=highs)
+        _pass_model(*self._core, self.threads, into=highs)
         lower, upper = f.row_bounds(z, active)
         lower, upper = np.maximum(lower, -inf), np.minimum(upper, inf)
         shift = 0.0
@@ -998,9 +995,6 @@ class _WorkingRowsModel:
             np.where(active[new], 1.0, -1.0),
         )
         self.rows = np.r_[self.rows, new]
-
-    def pose(self, z: np.ndarray, active: np.ndarray) -> None:
-        raise NotImplementedError("a working-rows model is posed and solved by solve()")
 
     def read(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float, np.ndarray, float]:
         """The change ``d, e`` and the row multipliers ``y`` (0 on the rows
