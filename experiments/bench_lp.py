@@ -75,7 +75,7 @@ from lpinit import cnn, load_mnist, lp_initialize, seed_mlp
 from lpinit.initialize import DEFAULT_MAX_ROWS, DEFAULTS, PLAIN_LP
 from lpinit.lp import highs as fast
 from lpinit.lp import solve_layer, start_workers, stop_workers
-from lpinit.lp.problem import Formulation, ReducedLP
+from lpinit.lp.problem import Formulation, ReducedLP, is_plain
 from lpinit.tracing import capture_layer_io
 
 
@@ -530,7 +530,7 @@ def main_cnn(args: argparse.Namespace) -> None:
                 f"default, {naive_s / wall_up:.0f}x with the workers up; objectives agree to {worst:.1e} (relative)"
             )
             effective = {**DEFAULTS, **options}
-            general = effective["anchor"] or effective["l1"] or effective["target_active"] is not None
+            general = not is_plain(effective["l1"], effective["anchor"], effective["target_active"])
             if args.forms and general:  # the plain LP has one form (lpinit.lp.problem)
                 torch.manual_seed(args.seed)
                 print(forms(record_lps(cnn(), batch, n_jobs=1, **options)))

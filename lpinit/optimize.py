@@ -246,6 +246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags, with the LP's options also checked against each other, so that
     a bad combination exits 2 before any data is loaded."""
     from lpinit.initialize import DEFAULTS
+    from lpinit.lp.problem import is_plain
     from lpinit.validation import check_coverage_option, check_lp_options
 
     parser = build_parser()
@@ -255,7 +256,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_coverage_option(args.coverage, args.target_active)
     except ValueError as err:
         parser.error(cli_message(str(err)))
-    if args.exact and (args.l1 or args.anchor or args.target_active is not None):
+    if args.exact and not is_plain(args.l1, args.anchor, args.target_active):
         parser.error(
             "--exact solves the plain LP's mixed-integer form only; pass --target-active none "
             f"(the default is {DEFAULTS['target_active']}) and drop --l1 and --anchor"
@@ -358,6 +359,7 @@ def _run(args: argparse.Namespace) -> int:
     from joblib import cpu_count
 
     from lpinit.files import write_atomic_group
+    from lpinit.lp.problem import is_plain
 
     torch.manual_seed(args.seed)
     try:
@@ -372,7 +374,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.jobs is not None and args.jobs > cores:
             _say(f"note: --jobs {args.jobs} is more than the {cores} cores here; using {cores}")
             args.jobs = cores
-        general = bool(args.l1 or args.anchor is not None or args.target_active is not None)
+        general = not is_plain(args.l1, args.anchor, args.target_active)
         outcome = _initialize(args, model, lp_processes(model, args.jobs or cores, args.solver, general))
         if isinstance(outcome, int):
             return outcome

@@ -269,6 +269,13 @@ def sparse_rows(X: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((X[nonzero], np.nonzero(nonzero)[1], indptr), shape=X.shape)
 
 
+def is_plain(l1: float, anchor: object, target_active: float | None) -> bool:
+    """Whether options, as ``Formulation`` or ``lp_initialize`` spells them
+    (``anchor`` a bool, or None or ``"mean"``), pose the plain LP; every other
+    LP is the general form."""
+    return not anchor and not l1 and target_active is None
+
+
 @dataclass(frozen=True)
 class Formulation:
     """How every unit's LP of a layer is posed (see the module docstring), in
@@ -297,7 +304,7 @@ class Formulation:
     @property
     def plain(self) -> bool:
         """The plain LP, which dual fixing reduces (module docstring)."""
-        return not self.anchor and self.l1 == 0.0 and self.target_active is None
+        return is_plain(self.l1, self.anchor, self.target_active)
 
     @property
     def change_cost(self) -> float:
