@@ -277,7 +277,15 @@ def test_ctrl_c_ends_with_one_line_and_exit_130(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)]), "OMP_NUM_THREADS": "1"}
     argv = [sys.executable, "-m", "lpinit.optimize", "--model", "stalling:make", "--jobs", "1", "--quiet"]
     cli = subprocess.Popen(
-        [*argv, "--out", "out"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*argv, "--out", "out"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a test run started in the background of a shell without job control
+        # inherits SIGINT ignored, and the CLI would then sleep through it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         while not (tmp_path / "working").exists():  # the model is running on the test images
