@@ -543,9 +543,10 @@ class GeneralLPs:
         basis it shrinks to the weights: at least 4 samples per weight left
         (a Conv2d's), or 2.5 with activity targets; else ``"lp"``. (Measured,
         README benchmarks: on target LPs the working rows beat both other
-        forms on every layer of the seed MLP and the CNN; from its start the
-        LP itself is faster on the seed MLP's anchored LPs at 2.6 samples per
-        weight.) ``active``: the rows to be active, by default
+        forms on every layer of the CNN and on the seed MLP at batch 256 to
+        1024, and trail them by 6-15% at batch 128 and 2048; from its start
+        the LP itself is faster on the seed MLP's anchored LPs at 2.6 samples
+        per weight.) ``active``: the rows to be active, by default
         ``formulation.active_rows``."""
         used = np.asarray((H != 0).any(axis=0))
         S, c = split_constant(H[:, used])
