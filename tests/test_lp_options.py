@@ -200,6 +200,29 @@ def test_working_rows_add_rows_until_none_left_out_misses(name, case, monkeypatc
     np.testing.assert_allclose(solution.objective, oracle, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("form", ["lp", "dual", "rows"])
+def test_a_time_limit_keeps_the_weights_in_every_form(form, monkeypatch):
+    """time_limit_s=0: every unit of a target LP stops at its first run, in
+    any form, and keeps its weights."""
+    import lpinit.lp.highs
+    import lpinit.lp.solve
+
+    original = lpinit.lp.highs.GeneralLPs.from_layer
+    monkeypatch.setattr(
+        lpinit.lp.solve.GeneralLPs,
+        "from_layer",
+        lambda H, Z, f, hot_start, form=None, active=None: original(H, Z, f, hot_start, forced, active),
+    )
+    forced = form
+    H, W, b = small_layer(3, relu_input=False, n=60, d_in=5, k=4)
+    solution = solve_layer(
+        H, W, b, weight_bound=0.3, bias_bound=0.2, margin=0.2, n_jobs=1, target_active=0.5, time_limit_s=0.0
+    )
+    assert solution.status_counts() == {"time_limit": 4}
+    assert not solution.delta_weight.any() and not solution.delta_bias.any()
+    assert np.isnan(solution.objective).all()
+
+
 def test_a_tall_layers_working_rows_start_from_every_row_missed():
     """On a tall layer the first working set is every row that misses its
     side at the bias-only change, if more than INITIAL_ROWS; on a wide one,
