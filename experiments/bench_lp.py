@@ -429,10 +429,10 @@ def naive_cvxpy_general(H, W, b, kwargs) -> tuple[float, np.ndarray, float]:
 
 def forms(recorded: list[tuple], units: int | None = None) -> str:
     """Each recorded layer's general LPs (of its first ``units`` units, or
-    all) solved in each of ``lpinit.lp.highs.FORMS`` that applies (the LP
+    all) solved in each form that holds them (``lpinit.lp.highs.forms_of``: the LP
     itself, its dual, the LP itself on working rows), in this process, side
     by side."""
-    from lpinit.lp.highs import FORMS, GeneralLPs, solve_general
+    from lpinit.lp.highs import GeneralLPs, forms_of, solve_general
     from lpinit.validation import check_formulation
 
     scope = "" if units is None else f" (first {units} units)"
@@ -454,7 +454,7 @@ def forms(recorded: list[tuple], units: int | None = None) -> str:
         Z = H @ W.T + b
         picked_lps = GeneralLPs.from_layer(H, Z, f, hot_start=False)
         timed = []
-        for form in [form for form in FORMS if not (form == "rows" and f.anchor)]:  # no anchor on working rows
+        for form in forms_of(f):
             lps = replace(picked_lps, form=form, token=uuid.uuid4().hex)  # a token of its own: its own HiGHS model
             start = time.perf_counter()
             s = solve_general(lps, n_jobs=1, time_limit_s=None, tick=lambda _: None)

@@ -41,7 +41,7 @@ from torch import nn
 from lpinit.layerwise import RESCALE_MODES, LayerChange, LayerInput, adjust_layerwise
 from lpinit.lp import SOLVERS, solve_layer
 from lpinit.lp.coverage import check_coverage
-from lpinit.lp.problem import LayerSolution
+from lpinit.lp.problem import LayerSolution, is_plain
 from lpinit.validation import (
     check_choice,
     check_coverage_option,
@@ -323,7 +323,7 @@ def lp_initialize(
         check_choice(anchor, ANCHORS, "anchor")
     if time_limit_s is not None:
         time_limit_s = check_non_negative(time_limit_s, "time_limit_s")
-    if exact and (l1 or anchor is not None or target_active is not None or coverage is not None):
+    if exact and (not is_plain(l1, anchor, target_active) or coverage is not None):
         raise ValueError(
             f"exact=True solves the plain LP's mixed-integer form only, got l1={l1!r}, anchor={anchor!r}, "
             f"target_active={target_active!r}, coverage={coverage!r} (target_active=0.5 is the default). Pass "

@@ -185,7 +185,9 @@ def test_working_rows_add_rows_until_none_left_out_misses(name, case, monkeypatc
         added.clear()
         status, _ = model.solve(Z[:, j], lps.active[:, j], None)
         assert status == "optimal"
-        d, e = model.change(np.asarray(model.highs.getSolution().col_value))  # the whole LP's objective at it
+        d, e = model.change_columns.change(
+            np.asarray(model.highs.getSolution().col_value)
+        )  # the whole LP's objective at it
         objective = f.objective(H, Z[:, [j]], d[None], np.array([e]), lps.active[:, [j]])[0]
         np.testing.assert_allclose(objective, oracle[j], rtol=1e-6, atol=1e-9)
         every = np.concatenate(added)

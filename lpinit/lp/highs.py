@@ -511,6 +511,11 @@ FORMS = ("lp", "dual", "rows")
 on a working set of rows, built per unit (``_WorkingRowsModel``)."""
 
 
+def forms_of(formulation: Formulation) -> tuple[str, ...]:
+    """The ``FORMS`` that hold ``formulation``'s LPs: working rows hold no anchor."""
+    return tuple(form for form in FORMS if not (form == "rows" and formulation.anchor))
+
+
 @dataclass(frozen=True)
 class GeneralLPs:
     """The LPs of one layer's units in the general form (anchor, ``l1``,
@@ -557,7 +562,7 @@ class GeneralLPs:
                 form = "rows"
             else:
                 form = "dual" if samples >= (TALL_TARGET_LAYER if targets else 4) * weights else "lp"
-        if form not in FORMS or (form == "rows" and formulation.anchor):
+        if form not in forms_of(formulation):
             raise ValueError(f"form must be one of {FORMS} ('rows' without the anchor), got {form!r}")
         active = formulation.active_rows(Z, H) if active is None else active
         return cls(formulation, used, S, c, Z, active, hot_start, form)
@@ -584,6 +589,61 @@ def solve_general(lps: GeneralLPs, *, n_jobs: int | None, time_limit_s: float | 
     return solution
 
 
+@dataclass(frozen=True)
+class _ChangeColumns:
+    """The first columns of a unit's general LP in HiGHS, its change: ``d``
+    (or ``d+, d-`` when the change costs), then ``e`` (or ``e+, e-``; none
+    without a bias)."""
+
+    p: int  # weights
+    has_e: bool
+    split_d: bool
+    split_e: bool
+
+    @classmethod
+    def of(cls, f: Formulation, p: int) -> _ChangeColumns:
+        has_e = bool(f.bias_bound > 0)
+        return cls(p, has_e, bool(f.weight_cost() > 0), bool(has_e and f.bias_cost() > 0))
+
+    @property
+    def d_columns(self) -> list[slice]:
+        return [slice(0, self.p)] + ([slice(self.p, 2 * self.p)] if self.split_d else [])
+
+    @property
+    def e_columns(self) -> list[int]:
+        first = self.p * (1 + self.split_d)
+        return list(range(first, first + self.has_e * (1 + self.split_e)))
+
+    def d_blocks(self, block: sp.spmatrix | np.ndarray) -> list:
+        """``block`` (the entries of ``d`` in some rows) as the d columns hold it."""
+        return [block, -block] if self.split_d else [block]
+
+    def e_blocks(self, block: sp.spmatrix | np.ndarray) -> list:
+        """The same for ``e``."""
+        return ([block, -block] if self.split_e else [block]) if self.has_e else []
+
+    def bounds(self, f: Formulation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The costs and bounds of these columns."""
+        count = self.p * (1 + self.split_d) + len(self.e_columns)
+        cost, lower, upper = np.zeros(count), np.zeros(count), np.zeros(count)
+        for columns in self.d_columns:
+            cost[columns] = f.weight_cost()
+            lower[columns] = 0.0 if self.split_d else -f.weight_bound
+            upper[columns] = f.weight_bound
+        for column in self.e_columns:
+            cost[column] = f.bias_cost()
+            lower[column] = 0.0 if self.split_e else -f.bias_bound
+            upper[column] = f.bias_bound
+        return cost, lower, upper
+
+    def change(self, values: np.ndarray) -> tuple[np.ndarray, float]:
+        """The weights' change ``d`` (of the used columns) and the bias change ``e`` in a HiGHS solution."""
+        d_columns, e_columns = self.d_columns, self.e_columns
+        d = values[d_columns[0]] - (values[d_columns[1]] if self.split_d else 0.0)
+        e = values[e_columns[0]] - (values[e_columns[1]] if self.split_e else 0.0) if self.has_e else 0.0
+        return d, float(e)
+
+
 class _GeneralModel:
     """A HiGHS instance holding the general LP of a layer, built once, with
     the layout of its columns and rows.
@@ -598,47 +658,34 @@ class _GeneralModel:
         f, S, c = lps.formulation, lps.S, lps.c
         n, p = S.shape
         self.n, self.p = n, p
-        self.split_d = bool(f.weight_cost() > 0)
-        self.has_e = bool(f.bias_bound > 0)
-        self.split_e = bool(self.has_e and f.bias_cost() > 0)
+        self.change_columns = layout = _ChangeColumns.of(f, p)
+        self.has_e = layout.has_e
         two_sided = f.target_active is not None
         shifted = bool(c.any())
         ones = np.ones((n, 1))
 
-        def signed(block: sp.spmatrix | np.ndarray, split: bool) -> list:
-            return [block, -block] if split else [block]
-
-        d_block = signed(S, self.split_d)
-        e_block = signed(ones, self.split_e) if self.has_e else []
+        d_block = layout.d_blocks(S)
+        e_block = layout.e_blocks(ones)
         s_block = [sp.identity(n, format="csr")] + ([-sp.identity(n, format="csr")] if two_sided else [])
         t_block = [ones] if shifted else []
         rows: list[list] = [[*d_block, *e_block, *s_block, *t_block]]
         width = [b.shape[1] for b in rows[0]]
         if shifted:
-            row = signed(sp.csr_matrix(c), self.split_d) + [None] * (len(e_block) + len(s_block)) + [-np.ones((1, 1))]
+            row = layout.d_blocks(sp.csr_matrix(c)) + [None] * (len(e_block) + len(s_block)) + [-np.ones((1, 1))]
             rows.append(row)
         if f.anchor:
             mean_S = np.asarray(S.mean(axis=0)).reshape(1, -1)
-            e_row = signed(np.ones((1, 1)), self.split_e) if self.has_e else []
+            e_row = layout.e_blocks(np.ones((1, 1)))
             t_entry = [np.ones((1, 1))] if shifted else []
-            rows.append([*signed(mean_S, self.split_d), *e_row, *[None] * len(s_block), *t_entry])
+            rows.append([*layout.d_blocks(mean_S), *e_row, *[None] * len(s_block), *t_entry])
         A = sp.bmat(rows, format="csc")
         A.eliminate_zeros()
 
         inf = highspy.kHighsInf
         starts = np.cumsum([0, *width])
-        self.d_columns = [slice(starts[0], starts[1])] + ([slice(starts[1], starts[2])] if self.split_d else [])
-        e_first = starts[len(d_block)]
-        self.e_columns = list(range(e_first, e_first + len(e_block)))
         cost, lower, upper = np.zeros(A.shape[1]), np.zeros(A.shape[1]), np.zeros(A.shape[1])
-        for columns in self.d_columns:
-            cost[columns] = f.weight_cost()
-            lower[columns] = 0.0 if self.split_d else -f.weight_bound
-            upper[columns] = f.weight_bound
-        for column in self.e_columns:
-            cost[column] = f.bias_cost()
-            lower[column] = 0.0 if self.split_e else -f.bias_bound
-            upper[column] = f.bias_bound
+        changes = len(d_block) * p + len(e_block)
+        cost[:changes], lower[:changes], upper[:changes] = layout.bounds(f)
         s_first = starts[len(d_block) + len(e_block)]
         s_end = s_first + n * len(s_block)
         cost[s_first:s_end] = f.shortfall_cost()
@@ -658,10 +705,10 @@ class _GeneralModel:
         self.hbar = np.r_[self.dense_H.mean(axis=0), [1.0] * self.has_e]
         self.bound = np.r_[np.full(p, f.weight_bound), [f.bias_bound] * self.has_e]
         self.cost = np.r_[np.full(p, f.weight_cost()), [f.bias_cost()] * self.has_e]
-        self.split = np.r_[np.full(p, self.split_d), [self.split_e] * self.has_e].astype(bool)  # r_ of [] is float
+        self.split = np.r_[np.full(p, layout.split_d), [layout.split_e] * self.has_e].astype(bool)  # r_ of [] is float
         self.shortfall_cost = f.shortfall_cost()
         self.anchor = f.anchor
-        self.slack_start = self.split_d and not f.anchor
+        self.slack_start = layout.split_d and not f.anchor
         self._margin = f.margin
         self.formulation = f
         self._basis = highspy.HighsBasis()  # reused: HiGHS copies it
@@ -730,20 +777,21 @@ class _GeneralModel:
             change[basic] = np.clip(-rest / self.hbar[basic], -self.bound[basic], self.bound[basic])
 
         col = np.full(self.columns, _LOWER, dtype=np.intp)
-        p = self.p
-        col[self.d_columns[0]] = np.where(direction[:p] > 0, _UPPER, _LOWER)
-        if self.split_d:
-            col[self.d_columns[1]] = np.where(direction[:p] < 0, _UPPER, _LOWER)
+        p, layout = self.p, self.change_columns
+        d_columns, e_columns = layout.d_columns, layout.e_columns
+        col[d_columns[0]] = np.where(direction[:p] > 0, _UPPER, _LOWER)
+        if layout.split_d:
+            col[d_columns[1]] = np.where(direction[:p] < 0, _UPPER, _LOWER)
         if self.has_e:
-            col[self.e_columns[0]] = _UPPER if direction[p] > 0 else _LOWER
-            if self.split_e:
-                col[self.e_columns[1]] = _UPPER if direction[p] < 0 else _LOWER
+            col[e_columns[0]] = _UPPER if direction[p] > 0 else _LOWER
+            if layout.split_e:
+                col[e_columns[1]] = _UPPER if direction[p] < 0 else _LOWER
         if basic >= 0:  # in the anchor's row: the variable at its step (d+ or d- by the side of the step)
             if basic == p:
-                columns = self.e_columns
+                columns = e_columns
             else:
-                columns = [self.d_columns[0].start + basic]
-                columns += [self.d_columns[1].start + basic] if self.split_d else []
+                columns = [d_columns[0].start + basic]
+                columns += [d_columns[1].start + basic] if layout.split_d else []
             col[columns[1] if len(columns) > 1 and v[basic] < 0 else columns[0]] = _BASIC
         col[self.s_columns[0]] = np.where(missed & active, _BASIC, _LOWER)
         if len(self.s_columns) > 1:
@@ -785,15 +833,9 @@ class _GeneralModel:
         """The change ``d, e`` in an optimal answer, and the multipliers
         ``y`` (rows) and ``mu`` (anchor) of its duals."""
         values, duals = np.asarray(answer.col_value), np.asarray(answer.row_dual)
-        d, e = self.change(values)
+        d, e = self.change_columns.change(values)
         mu = float(duals[self.anchor_row]) if self.anchor_row is not None else 0.0
         return d, e, duals[: self.n], mu
-
-    def change(self, values: np.ndarray) -> tuple[np.ndarray, float]:
-        """The weights' change ``d`` (of the used columns) and the bias change ``e`` in a HiGHS solution."""
-        d = values[self.d_columns[0]] - (values[self.d_columns[1]] if self.split_d else 0.0)
-        e = values[self.e_columns[0]] - (values[self.e_columns[1]] if self.split_e else 0.0) if self.has_e else 0.0
-        return d, float(e)
 
 
 class _DualModel:
@@ -914,30 +956,20 @@ class _WorkingRowsModel:
         n, p = S.shape
         self.n, self.p, self.formulation = n, p, f
         self.dense_H = S.toarray() + c
-        self.has_e = bool(f.bias_bound > 0)
-        self.split_d = bool(f.weight_cost() > 0)
-        self.split_e = bool(self.has_e and f.bias_cost() > 0)
+        self.change_columns = layout = _ChangeColumns.of(f, p)
+        self.has_e = layout.has_e
         shifted = bool(c.any())
         inf = highspy.kHighsInf
         ones = np.ones((n, 1))
-        d_block = [S, -S] if self.split_d else [S]
-        e_block = ([ones, -ones] if self.split_e else [ones]) if self.has_e else []
-        self.sample_rows = sp.hstack([*d_block, *e_block, *([ones] if shifted else [])], format="csr")
-        core = self.sample_rows.shape[1]
-        self.e_first = p * len(d_block)
-        cost, lower, upper = np.zeros(core), np.zeros(core), np.zeros(core)
-        cost[: self.e_first] = f.weight_cost()
-        lower[: self.e_first] = 0.0 if self.split_d else -f.weight_bound
-        upper[: self.e_first] = f.weight_bound
-        cost[self.e_first : self.e_first + len(e_block)] = f.bias_cost()
-        lower[self.e_first : self.e_first + len(e_block)] = 0.0 if self.split_e else -f.bias_bound
-        upper[self.e_first : self.e_first + len(e_block)] = f.bias_bound
-        if shifted:  # t = c . d: a row of its own, the first
-            lower[-1], upper[-1] = -inf, inf
-            t_row = np.concatenate([c, -c if self.split_d else [], [0.0] * len(e_block), [-1.0]])
+        e_block = layout.e_blocks(ones)
+        self.sample_rows = sp.hstack([*layout.d_blocks(S), *e_block, *([ones] if shifted else [])], format="csr")
+        cost, lower, upper = layout.bounds(f)
+        if shifted:  # t = c . d, a free column: a row of its own, the first
+            cost, lower, upper = np.r_[cost, 0.0], np.r_[lower, -inf], np.r_[upper, inf]
+            t_row = np.concatenate([*layout.d_blocks(c), [0.0] * len(e_block), [-1.0]])
             first_rows = sp.csc_matrix(t_row.reshape(1, -1))
         else:
-            first_rows = sp.csc_matrix((0, core))
+            first_rows = sp.csc_matrix((0, len(cost)))
         self.first_rows = first_rows.shape[0]
         self._core = (first_rows, cost, lower, upper, np.zeros(self.first_rows), np.zeros(self.first_rows))
         self.highs = _pass_model(*self._core, threads)
@@ -971,7 +1003,7 @@ class _WorkingRowsModel:
             iterations += its
             if status != OPTIMAL:
                 return status, iterations
-            d, e = self.change(np.asarray(highs.getSolution().col_value))
+            d, e = self.change_columns.change(np.asarray(highs.getSolution().col_value))
             z_new = z + self.dense_H @ d + e
             short = np.where(active, f.margin - z_new, z_new + f.margin)
             short[working] = -inf
@@ -1000,17 +1032,10 @@ class _WorkingRowsModel:
     def read(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float, np.ndarray, float]:
         """The change ``d, e`` and the row multipliers ``y`` (0 on the rows
         left out)."""
-        d, e = self.change(np.asarray(answer.col_value))
+        d, e = self.change_columns.change(np.asarray(answer.col_value))
         y = np.zeros(self.n)
         y[self.rows] = np.asarray(answer.row_dual)[self.first_rows :]
         return d, e, y, 0.0
-
-    def change(self, values: np.ndarray) -> tuple[np.ndarray, float]:
-        """The weights' change ``d`` and the bias change ``e`` in a HiGHS solution."""
-        p, at = self.p, self.e_first
-        d = values[:p] - (values[p : 2 * p] if self.split_d else 0.0)
-        e = values[at] - (values[at + 1] if self.split_e else 0.0) if self.has_e else 0.0
-        return d, float(e)
 
 
 def _csr_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1092,17 +1117,17 @@ def _solve_general_chunk(
         return status
 
     stalls = 0
-    to_dual_form = lps.form != "dual"
+    dual_left = lps.form != "dual"  # a stall can still go to the dual
 
     def solve(k: int, presolve: str) -> None:
         nonlocal stalls
         began = time.perf_counter()  # solver time: the unit's HiGHS calls, from its bounds to its answer
         # after two stalls, the layer's LPs are taken to stall (a property of the box): straight to the dual
-        to_dual = to_dual_form and stalls >= 2
+        to_dual = dual_left and stalls >= 2
         if not to_dual:
             on = _general_model(lps, threads, "lp") if presolve == "on" and lps.form == "rows" else model
             status = run_on(on, k, presolve, fresh=presolve == "on" or not lps.hot_start)
-            to_dual = to_dual_form and on.highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
+            to_dual = dual_left and on.highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
         if to_dual:
             stalls += 1
             status = run_on(_general_model(lps, threads, "dual"), k, presolve, fresh=True)
