@@ -158,7 +158,7 @@ def general_start(slack: bool) -> Iterator[None]:
 
     def whole(H, Z, formulation, hot_start, form=None, active=None):
         lps = pick(H, Z, formulation, hot_start, form, active)
-        return replace(lps, form="lp") if lps.form == "rows" else lps
+        return replace(lps, form="lp") if lps.form in fast.WORKING_ROWS else lps
 
     fast._GeneralModel.__init__ = forced  # type: ignore[method-assign]
     fast.GeneralLPs.from_layer = whole  # type: ignore[method-assign]
@@ -230,8 +230,8 @@ def main() -> None:
     parser.add_argument(
         "--forms",
         action="store_true",
-        help="solve the LPs of each variant but the plain one as the LP itself, as its dual and on working rows, "
-        "side by side (the seed MLP: on the first --reference-units units of each layer)",
+        help="solve the LPs of each variant but the plain one as the LP itself, as its dual, and each on working "
+        "rows, side by side (the seed MLP: on the first --reference-units units of each layer)",
     )
     parser.add_argument("--batch-size", type=int, default=256, help="MNIST training images per batch")
     parser.add_argument("--seed", type=int, default=0, help="seeds the network and the batch draw")
@@ -430,15 +430,15 @@ def naive_cvxpy_general(H, W, b, kwargs) -> tuple[float, np.ndarray, float]:
 def forms(recorded: list[tuple], units: int | None = None) -> str:
     """Each recorded layer's general LPs (of its first ``units`` units, or
     all) solved in each form that holds them (``lpinit.lp.highs.forms_of``: the LP
-    itself, its dual, the LP itself on working rows), in this process, side
-    by side."""
+    itself, its dual, and each on working rows), in this process, side by
+    side."""
     from lpinit.lp.highs import GeneralLPs, forms_of, solve_general
     from lpinit.validation import check_formulation
 
     scope = "" if units is None else f" (first {units} units)"
     lines = [
-        f"  each layer's LPs{scope} as the LP itself, as its dual and on working rows (one process; * = the form "
-        "solve_layer picks):"
+        f"  each layer's LPs{scope} as the LP itself (lp), its dual (dual), and each on working rows (rows, "
+        "dual_rows) (one process; * = the form solve_layer picks):"
     ]
     for name, H, W, b, kwargs, solution in recorded:
         W, b, reference = W[:units], b[:units], solution.objective[:units]

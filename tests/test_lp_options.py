@@ -18,7 +18,7 @@ from lpinit import bias_shift_, count_relu_zeros, lp_initialize, mlp, quantile_b
 from lpinit.controls import quantile_thresholds
 from lpinit.initialize import PLAIN_LP
 from lpinit.lp import SOLVERS, solve_layer
-from lpinit.lp.highs import FORMS
+from lpinit.lp.highs import FORMS, WORKING_ROWS
 from lpinit.lp.problem import Formulation
 
 
@@ -108,7 +108,9 @@ def test_every_option_matches_linprog_in_both_solvers(name, relu_input):
         np.testing.assert_allclose(achieved, solution.objective, rtol=1e-9, atol=1e-12)
 
 
-FORMS_OF_OPTIONS = [(name, form) for name in OPTIONS for form in FORMS if not (form == "rows" and "anchor" in name)]
+FORMS_OF_OPTIONS = [
+    (name, form) for name in OPTIONS for form in FORMS if not (form in WORKING_ROWS and "anchor" in name)
+]
 """Every option with every form that holds it (working rows hold no anchor)."""
 
 
@@ -116,8 +118,8 @@ FORMS_OF_OPTIONS = [(name, form) for name in OPTIONS for form in FORMS if not (f
 @pytest.mark.parametrize("case", ["tall", "wide", "shifted", "no bias"])
 def test_every_form_matches_linprog(name, form, case, monkeypatch):
     """The fast path solves a unit's general LP as written, as its dual, or
-    as written on working rows (row generation); every form, on any shape,
-    gives linprog's optimum."""
+    on working rows (row generation) as written or as its dual; every form,
+    on any shape, gives linprog's optimum."""
     import lpinit.lp.highs
     import lpinit.lp.solve
 
@@ -155,13 +157,18 @@ def test_every_form_matches_linprog(name, form, case, monkeypatch):
         np.testing.assert_allclose(solution.delta_weight @ H.mean(axis=0) + solution.delta_bias, 0.0, atol=1e-9)
 
 
+@pytest.mark.parametrize("form", WORKING_ROWS)
 @pytest.mark.parametrize("name", ["l1", "target"])
 @pytest.mark.parametrize("case", ["wide", "tall", "shifted", "no bias"])
-def test_working_rows_add_rows_until_none_left_out_misses(name, case, monkeypatch):
-    """Row generation from a working set of 3 rows: several rounds per unit,
-    every row added at most once, and linprog's optimum on the whole LP."""
-    from lpinit.lp.highs import GeneralLPs, _WorkingRowsModel
+def test_working_rows_add_rows_until_none_left_out_misses(form, name, case, monkeypatch):
+    """Row generation from a working set of 3 rows, on the LP itself or its
+    dual: several rounds per unit, every row added at most once, and
+    linprog's optimum on the whole LP."""
+    import lpinit.lp.highs
+    import lpinit.lp.solve
+    from lpinit.lp.highs import _MODELS, GeneralLPs, _WorkingRowsModel
 
+    model_class = _MODELS[form]
     monkeypatch.setattr(_WorkingRowsModel, "INITIAL_ROWS", 3)
     n, d_in = (40, 60) if case == "wide" else (120, 4)
     H, W, b = small_layer(7, relu_input=case != "shifted", n=n, d_in=d_in, k=5)
@@ -171,23 +178,20 @@ def test_working_rows_add_rows_until_none_left_out_misses(name, case, monkeypatc
     options = OPTIONS[name]
     f = Formulation(d_in, 0.3, bias_bound, 0.2, options.get("l1", 0.0), target_active=options.get("target_active"))
     Z = H @ W.T + b
-    lps = GeneralLPs.from_layer(H, Z, f, hot_start=False, form="rows")
-    model = _WorkingRowsModel(lps, threads=0)
+    lps = GeneralLPs.from_layer(H, Z, f, hot_start=False, form=form)
+    assert lps.c.any() == (case == "shifted")
+    model = model_class(lps, threads=0)
     model.tall = False  # start from INITIAL_ROWS rows on any shape
     added = []
-    original_add = _WorkingRowsModel._add
-    monkeypatch.setattr(
-        _WorkingRowsModel, "_add", lambda self, new, *a: (added.append(new), original_add(self, new, *a))
-    )
+    original_add = model_class._add
+    monkeypatch.setattr(model_class, "_add", lambda self, new, *a: (added.append(new), original_add(self, new, *a)))
     rounds, sizes = [], []
     oracle = linprog_general(H, Z, f)
     for j in range(len(W)):
         added.clear()
         status, _ = model.solve(Z[:, j], lps.active[:, j], None)
         assert status == "optimal"
-        d, e = model.change_columns.change(
-            np.asarray(model.highs.getSolution().col_value)
-        )  # the whole LP's objective at it
+        d, e = model.change(model.highs.getSolution())  # the whole LP's objective at it
         objective = f.objective(H, Z[:, [j]], d[None], np.array([e]), lps.active[:, [j]])[0]
         np.testing.assert_allclose(objective, oracle[j], rtol=1e-6, atol=1e-9)
         every = np.concatenate(added)
@@ -196,13 +200,20 @@ def test_working_rows_add_rows_until_none_left_out_misses(name, case, monkeypatc
         sizes.append(len(every))
     assert max(rounds) >= 2  # rows were generated
     assert min(sizes) < n  # and some unit's LP was solved on part of its rows
+    original = lpinit.lp.highs.GeneralLPs.from_layer
+    monkeypatch.setattr(
+        lpinit.lp.solve.GeneralLPs,
+        "from_layer",
+        lambda H, Z, f, hot_start, form=None, active=None: original(H, Z, f, hot_start, forced, active),
+    )
+    forced = form
     solution = solve_layer(H, W, b, weight_bound=0.3, bias_bound=bias_bound, margin=0.2, n_jobs=1, **options)
     assert solution.status_counts() == {"optimal": len(W)}
     assert solution.resolves == 0  # every answer passed the duality check as it came
     np.testing.assert_allclose(solution.objective, oracle, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("form", ["lp", "dual", "rows"])
+@pytest.mark.parametrize("form", FORMS)
 def test_a_time_limit_keeps_the_weights_in_every_form(form, monkeypatch):
     """time_limit_s=0: every unit of a target LP stops at its first run, in
     any form, and keeps its weights."""
@@ -225,19 +236,20 @@ def test_a_time_limit_keeps_the_weights_in_every_form(form, monkeypatch):
     assert np.isnan(solution.objective).all()
 
 
-def test_a_tall_layers_working_rows_start_from_every_row_missed():
+@pytest.mark.parametrize("form", WORKING_ROWS)
+def test_a_tall_layers_working_rows_start_from_every_row_missed(form):
     """On a tall layer the first working set is every row that misses its
     side at the bias-only change, if more than INITIAL_ROWS; on a wide one,
-    INITIAL_ROWS rows."""
-    from lpinit.lp.highs import GeneralLPs, _WorkingRowsModel
+    INITIAL_ROWS rows. So for the LP itself and for its dual."""
+    from lpinit.lp.highs import _MODELS, GeneralLPs, _WorkingRowsModel
 
     f = Formulation(3, 0.01, 0.0, 1.0, target_active=0.5)  # a tiny box, no bias: most rows stay missed
     for n, d_in, tall in [(400, 3, True), (70, 30, False)]:
         H, W, b = small_layer(9, relu_input=False, n=n, d_in=d_in, k=1)
         f = replace(f, in_features=d_in)
         Z = H @ W.T + b
-        lps = GeneralLPs.from_layer(H, Z, f, hot_start=False)
-        model = _WorkingRowsModel(lps, threads=0)
+        lps = GeneralLPs.from_layer(H, Z, f, hot_start=False, form=form)
+        model = _MODELS[form](lps, threads=0)
         assert model.tall == tall
         first: list[int] = []
         add = model._add
@@ -270,23 +282,26 @@ def test_csr_rows_are_scipys_rows():
 
 def test_each_layer_gets_its_form():
     """Target LPs without the anchor go to working rows (unless started from
-    the previous unit's basis); the others to the dual on tall layers, the
-    LP itself on wide ones."""
+    the previous unit's basis), as the dual on tall layers; the others to the
+    dual on tall layers, the LP itself on wide ones."""
     from lpinit.lp.highs import GeneralLPs
 
     l1, target = Formulation(5, 0.3, 0.2, 0.2, l1=0.1), Formulation(5, 0.3, 0.2, 0.2, target_active=0.5)
     anchored = replace(target, anchor=True)
     # 6 columns (5 weights and the bias): the dual from 24 rows, or 15 with targets
     cases = [(l1, 30, 5, False, "dual"), (l1, 23, 5, False, "lp"), (l1, 12, 20, False, "lp")]
-    cases += [(target, n, d_in, False, "rows") for n, d_in in [(30, 5), (12, 20)]]
+    cases += [
+        (target, n, d_in, False, form) for n, d_in, form in [(15, 5, "dual_rows"), (14, 5, "rows"), (12, 20, "rows")]
+    ]
     cases += [(target, 15, 5, True, "dual"), (target, 14, 5, True, "lp"), (anchored, 15, 5, False, "dual")]
     cases += [(anchored, 14, 5, False, "lp")]
     for f, n, d_in, hot_start, form in cases:
         H, W, b = small_layer(0, relu_input=False, n=n, d_in=d_in)
         assert GeneralLPs.from_layer(H, H @ W.T + b, f, hot_start=hot_start).form == form, (f, n, d_in, hot_start)
     H, W, b = small_layer(0, relu_input=False, n=30, d_in=5)
-    with pytest.raises(ValueError, match="'rows' without the anchor"):
-        GeneralLPs.from_layer(H, H @ W.T + b, anchored, hot_start=False, form="rows")
+    for form in WORKING_ROWS:
+        with pytest.raises(ValueError, match=r"working rows \('rows', 'dual_rows'\) without the anchor"):
+            GeneralLPs.from_layer(H, H @ W.T + b, anchored, hot_start=False, form=form)
 
 
 @pytest.mark.parametrize("name", list(OPTIONS))
@@ -645,16 +660,19 @@ def test_a_layer_with_constant_preactivations_and_a_target_gets_a_clear_error():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("name, form", [("anchor", "lp"), ("target", "rows")])
+@pytest.mark.parametrize("name, form", [("anchor", "lp"), ("target", "rows"), ("target", "dual_rows")])
 def test_a_stalled_lp_is_finished_on_its_dual(name, form, monkeypatch):
     """Simplex stopped by the iteration cap (a stall) on the LP itself, whole
-    or on working rows: the unit is solved again as the dual, and the answer
-    is still linprog's."""
+    or on working rows, or on the dual's working rows: the unit is solved
+    again as the whole dual, and the answer is still linprog's."""
     import lpinit.lp.highs as highs_path
 
-    H, W, b = small_layer(4, relu_input=True, n=12, d_in=20)  # wide: the LP itself first
+    n, d_in = (60, 5) if form == "dual_rows" else (12, 20)  # tall: the dual's working rows; wide: the LP itself
+    H, W, b = small_layer(4, relu_input=True, n=n, d_in=d_in)
     options = OPTIONS[name]
-    f = Formulation(20, 0.3, 0.2, 0.2, anchor=options.get("anchor", False), target_active=options.get("target_active"))
+    f = Formulation(
+        d_in, 0.3, 0.2, 0.2, anchor=options.get("anchor", False), target_active=options.get("target_active")
+    )
     caps = []
 
     def tiny_cap(rows):

@@ -480,6 +480,7 @@ def _run(
 
 
 _HIGHS_SCALING = 2  # HiGHS's default simplex_scale_strategy
+_PRIMAL_SIMPLEX = 4  # simplex_strategy
 _IPM_ITERATION_LIMIT = 1000  # interior point methods take tens of iterations; thousands mean trouble
 _NO_LIMIT = 2**31 - 1  # HiGHS's default simplex_iteration_limit
 
@@ -503,17 +504,22 @@ def _similarity_order(R: np.ndarray) -> np.ndarray:
 
 TALL_TARGET_LAYER = 2.5
 """Samples per weight (the bias counted) from which a target LP's layer is
-tall: the dual is its faster whole form, and its working rows start larger."""
+tall: the dual is its faster form, whole or on working rows, and its working
+rows start larger."""
 
-FORMS = ("lp", "dual", "rows")
+FORMS = ("lp", "dual", "rows", "dual_rows")
 """How a unit's general LP goes to HiGHS: the LP itself, built once per layer
-(``_GeneralModel``); its dual, built once (``_DualModel``); or the LP itself
-on a working set of rows, built per unit (``_WorkingRowsModel``)."""
+(``_GeneralModel``); its dual, built once (``_DualModel``); the LP itself on
+a working set of rows, built per unit (``_WorkingRowsModel``); or the dual of
+that, a column per working row (``_DualWorkingRowsModel``)."""
+
+WORKING_ROWS = ("rows", "dual_rows")
+"""The forms that solve a unit on a working set of rows (row generation)."""
 
 
 def forms_of(formulation: Formulation) -> tuple[str, ...]:
     """The ``FORMS`` that hold ``formulation``'s LPs: working rows hold no anchor."""
-    return tuple(form for form in FORMS if not (form == "rows" and formulation.anchor))
+    return tuple(form for form in FORMS if not (form in WORKING_ROWS and formulation.anchor))
 
 
 @dataclass(frozen=True)
@@ -543,27 +549,30 @@ class GeneralLPs:
         form: str | None = None,
         active: np.ndarray | None = None,
     ) -> GeneralLPs:
-        """``form=None``: ``"rows"`` for activity targets without the anchor
-        (unless ``hot_start``); else ``"dual"`` on tall layers, whose simplex
-        basis it shrinks to the weights: at least 4 samples per weight left
-        (a Conv2d's), or 2.5 with activity targets; else ``"lp"``. (Measured,
-        README benchmarks: on target LPs the working rows beat both other
-        forms on every layer of the CNN and on the seed MLP at batch 256 to
-        1024, and trail them by 6-15% at batch 128 and 2048; from its start
-        the LP itself is faster on the seed MLP's anchored LPs at 2.6 samples
-        per weight.) ``active``: the rows to be active, by default
-        ``formulation.active_rows``."""
+        """``form=None``: working rows for activity targets without the anchor
+        (unless ``hot_start``), as the dual (``"dual_rows"``) on tall layers
+        and as the LP itself (``"rows"``) on the others; else ``"dual"`` on
+        tall layers, whose simplex basis it shrinks to the weights: at least
+        4 samples per weight left (a Conv2d's), or 2.5 with activity targets;
+        else ``"lp"``. (Measured, README benchmarks: on target LPs the working
+        rows beat both whole forms on every layer of the CNN and on the seed
+        MLP at batch 256 to 1024; from its start the LP itself is faster on
+        the seed MLP's anchored LPs at 2.6 samples per weight.) ``active``:
+        the rows to be active, by default ``formulation.active_rows``."""
         used = np.asarray((H != 0).any(axis=0))
         S, c = split_constant(H[:, used])
         if form is None:
             samples, weights = H.shape[0], int(used.sum()) + 1
             targets = formulation.target_active is not None
+            tall = samples >= (TALL_TARGET_LAYER if targets else 4) * weights
             if targets and not formulation.anchor and not hot_start:
-                form = "rows"
+                form = "dual_rows" if tall else "rows"
             else:
-                form = "dual" if samples >= (TALL_TARGET_LAYER if targets else 4) * weights else "lp"
+                form = "dual" if tall else "lp"
         if form not in forms_of(formulation):
-            raise ValueError(f"form must be one of {FORMS} ('rows' without the anchor), got {form!r}")
+            raise ValueError(
+                f"form must be one of {FORMS} (working rows {WORKING_ROWS} without the anchor), got {form!r}"
+            )
         active = formulation.active_rows(Z, H) if active is None else active
         return cls(formulation, used, S, c, Z, active, hot_start, form)
 
@@ -924,6 +933,10 @@ class _DualModel:
         return change[: self.p], float(change[self.p]) if self.has_e else 0.0, values[: self.n], mu
 
 
+_ModelArrays = tuple[sp.csc_matrix, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+"""``_pass_model``'s first arguments: the matrix, costs, column bounds and row bounds."""
+
+
 class _WorkingRowsModel:
     """A HiGHS instance for the LP itself on a working set of rows, rebuilt
     per unit (row generation).
@@ -956,8 +969,21 @@ class _WorkingRowsModel:
         n, p = S.shape
         self.n, self.p, self.formulation = n, p, f
         self.dense_H = S.toarray() + c
-        self.change_columns = layout = _ChangeColumns.of(f, p)
-        self.has_e = layout.has_e
+        self.has_e = bool(f.bias_bound > 0)
+        self.tall = n >= TALL_TARGET_LAYER * (p + 1)
+        self.threads = threads
+        self.rows = np.zeros(0, dtype=np.intp)  # the working rows of the unit posed last, in HiGHS's order
+        self._core = self._build(S, c)
+        self.highs = _pass_model(*self._core, threads)
+        # measured (README, benchmarks): HiGHS's scaling costs these LPs iterations, as it does the others
+        self.highs.setOptionValue("simplex_scale_strategy", 0)
+
+    def _build(self, S: sp.csr_matrix, c: np.ndarray) -> _ModelArrays:
+        """The model before any sample row (``_pass_model``'s arguments but
+        ``threads``): the change columns, and ``t = c . d`` with its row if
+        shifted; and the sample rows as the working set takes them."""
+        f, n = self.formulation, S.shape[0]
+        self.change_columns = layout = _ChangeColumns.of(f, self.p)
         shifted = bool(c.any())
         inf = highspy.kHighsInf
         ones = np.ones((n, 1))
@@ -971,13 +997,7 @@ class _WorkingRowsModel:
         else:
             first_rows = sp.csc_matrix((0, len(cost)))
         self.first_rows = first_rows.shape[0]
-        self._core = (first_rows, cost, lower, upper, np.zeros(self.first_rows), np.zeros(self.first_rows))
-        self.highs = _pass_model(*self._core, threads)
-        # measured (README, benchmarks): HiGHS's scaling costs these LPs iterations, as it does the others
-        self.highs.setOptionValue("simplex_scale_strategy", 0)
-        self.rows = np.zeros(0, dtype=np.intp)  # the working rows of the unit posed last, in HiGHS's order
-        self.tall = n >= TALL_TARGET_LAYER * (p + 1)
-        self.threads = threads
+        return first_rows, cost, lower, upper, np.zeros(self.first_rows), np.zeros(self.first_rows)
 
     def solve(self, z: np.ndarray, active: np.ndarray, time_limit_s: float | None) -> tuple[str, int]:
         """Solve one unit's LP by row generation, from the slack basis; the
@@ -999,17 +1019,20 @@ class _WorkingRowsModel:
             self._add(new, lower, upper, active)
             working[new] = True
             left = None if time_limit_s is None else max(0.0, time_limit_s - (time.perf_counter() - began))
-            status, its = _run(highs, left, iteration_cap(len(self.rows)), finish=False)
+            status, its = _run(highs, left, self._iteration_cap(), finish=False)
             iterations += its
             if status != OPTIMAL:
                 return status, iterations
-            d, e = self.change_columns.change(np.asarray(highs.getSolution().col_value))
+            d, e = self.change(highs.getSolution())
             z_new = z + self.dense_H @ d + e
             short = np.where(active, f.margin - z_new, z_new + f.margin)
             short[working] = -inf
             if not (short > 0).any():
                 return status, iterations
             new = np.flatnonzero(short > -self.ADDED_WITHIN * f.margin)
+
+    def _iteration_cap(self) -> int:
+        return iteration_cap(len(self.rows))
 
     def _add(self, new: np.ndarray, lower: np.ndarray, upper: np.ndarray, active: np.ndarray) -> None:
         """Add the sample rows ``new`` and their ``s`` columns (``+1`` on a row
@@ -1029,12 +1052,94 @@ class _WorkingRowsModel:
         )
         self.rows = np.r_[self.rows, new]
 
+    def change(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float]:
+        """The change ``d, e`` in an answer."""
+        return self.change_columns.change(np.asarray(answer.col_value))
+
     def read(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float, np.ndarray, float]:
         """The change ``d, e`` and the row multipliers ``y`` (0 on the rows
         left out)."""
-        d, e = self.change_columns.change(np.asarray(answer.col_value))
+        d, e = self.change(answer)
         y = np.zeros(self.n)
         y[self.rows] = np.asarray(answer.row_dual)[self.first_rows :]
+        return d, e, y, 0.0
+
+
+class _DualWorkingRowsModel(_WorkingRowsModel):
+    """The dual of the LP on working rows: the same row generation, with a
+    column ``y_i`` per working row (``_DualModel``'s LP, without the anchor,
+    on those columns), solved by primal simplex.
+
+    Its rows are the weights and the bias, ranged::
+
+        -c_k <= (H^T y)_k - w+_k + w-_k <= c_k      (cost u_k on w+_k, w-_k >= 0)
+
+    so a basis holds at most a column per weight, however many rows work.
+    A new row's column enters at ``y_i = 0``, which keeps the answer feasible:
+    primal simplex goes on from the basis it has, where the LP itself must
+    factor and price its grown basis again (dual steepest edge weights, a
+    backward solve per row). On tall layers that is the faster of the two
+    (README, benchmarks); the row duals are ``-(d, e)``.
+    """
+
+    def _build(self, S: sp.csr_matrix, c: np.ndarray) -> _ModelArrays:
+        f, (n, p) = self.formulation, S.shape
+        inf = highspy.kHighsInf
+        bound = np.r_[np.full(p, f.weight_bound), [f.bias_bound] * self.has_e]
+        cost = np.r_[np.full(p, f.weight_cost()), [f.bias_cost()] * self.has_e]
+        self.keep = keep = np.flatnonzero(bound > 0)  # a weight the box fixes at 0 puts no limit on (H^T y)_k
+        q, shifted = len(keep), bool(c.any())
+        eye = sp.identity(q, format="csc")
+        A = sp.hstack([-eye, eye], format="csc")  # w+, w-
+        col_cost, col_lower, col_upper = np.r_[bound[keep], bound[keep]], np.zeros(2 * q), np.full(2 * q, inf)
+        row_lower, row_upper = -cost[keep], cost[keep]
+        y_columns = sp.hstack([S, np.ones((n, 1))], format="csc")[:, keep] if self.has_e else S[:, keep]
+        if shifted:  # (H^T y)_k = (S^T y)_k + c_k T, with T = sum_i y_i: a free column and a row of their own
+            T = sp.csc_matrix(np.r_[np.r_[c, [0.0] * self.has_e][keep], 1.0].reshape(-1, 1))
+            A = sp.hstack([sp.vstack([A, sp.csc_matrix((1, 2 * q))]), T], format="csc")
+            col_cost, col_lower, col_upper = np.r_[col_cost, 0.0], np.r_[col_lower, -inf], np.r_[col_upper, inf]
+            row_lower, row_upper = np.r_[row_lower, 0.0], np.r_[row_upper, 0.0]
+            y_columns = sp.hstack([y_columns, -np.ones((n, 1))], format="csc")
+        self.sample_rows = sp.csr_matrix(y_columns)  # row i: the entries of y_i's column
+        self.first_columns = A.shape[1]
+        return A, col_cost, col_lower, col_upper, row_lower, row_upper
+
+    def __init__(self, lps: GeneralLPs, threads: int):
+        super().__init__(lps, threads)
+        self.highs.setOptionValue("simplex_strategy", _PRIMAL_SIMPLEX)
+
+    def _iteration_cap(self) -> int:
+        return iteration_cap(len(self.rows) + len(self.keep))
+
+    def _add(self, new: np.ndarray, lower: np.ndarray, upper: np.ndarray, active: np.ndarray) -> None:
+        """Add the columns ``y_i`` of the rows ``new``: cost ``-side_i`` (HiGHS
+        minimizes), in ``[0, C]`` on a row to be active, ``[-C, 0]`` on one to be
+        inactive."""
+        C, count = self.formulation.shortfall_cost(), len(new)
+        side = np.where(active[new], lower[new], upper[new])
+        starts, indices, values = _csr_rows(self.sample_rows, new)
+        self.highs.addCols(
+            count,
+            -side,
+            np.where(active[new], 0.0, -C),
+            np.where(active[new], C, 0.0),
+            len(values),
+            starts,
+            indices,
+            values,
+        )
+        self.rows = np.r_[self.rows, new]
+
+    def change(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float]:
+        change = np.zeros(self.p + self.has_e)
+        change[self.keep] = -np.asarray(answer.row_dual)[: len(self.keep)]
+        return change[: self.p], float(change[self.p]) if self.has_e else 0.0
+
+    def read(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float, np.ndarray, float]:
+        """The change ``d, e`` and the multipliers ``y`` (0 on the rows left out)."""
+        d, e = self.change(answer)
+        y = np.zeros(self.n)
+        y[self.rows] = np.asarray(answer.col_value)[self.first_columns :]
         return d, e, y, 0.0
 
 
@@ -1059,7 +1164,12 @@ _general_models = threading.local()
 
 
 _Model = _GeneralModel | _DualModel | _WorkingRowsModel
-_MODELS: dict[str, type[_Model]] = {"lp": _GeneralModel, "dual": _DualModel, "rows": _WorkingRowsModel}
+_MODELS: dict[str, type[_Model]] = {
+    "lp": _GeneralModel,
+    "dual": _DualModel,
+    "rows": _WorkingRowsModel,
+    "dual_rows": _DualWorkingRowsModel,
+}
 
 
 def _general_model(lps: GeneralLPs, threads: int, form: str) -> _Model:
@@ -1125,7 +1235,7 @@ def _solve_general_chunk(
         # after two stalls, the layer's LPs are taken to stall (a property of the box): straight to the dual
         to_dual = dual_left and stalls >= 2
         if not to_dual:
-            on = _general_model(lps, threads, "lp") if presolve == "on" and lps.form == "rows" else model
+            on = _general_model(lps, threads, "lp") if presolve == "on" and lps.form in WORKING_ROWS else model
             status = run_on(on, k, presolve, fresh=presolve == "on" or not lps.hot_start)
             to_dual = dual_left and on.highs.getModelStatus() == highspy.HighsModelStatus.kIterationLimit
         if to_dual:
