@@ -342,8 +342,8 @@ def main() -> None:
         print(f"  objectives of (i), (ii) and (iii) agree to {worst:.1e} (relative, on the units timed)")
         speedup, seconds, share = (20, 10, 90) if args.variant == "plain" else (50, 15, 85)
         print(
-            f"goals ({args.variant}): (i)/(iii) = {naive_s / default['wall_s']:.0f}x by default, "
-            f"{naive_s / again['wall_s']:.0f}x with workers up (>= {speedup}x); whole MLP {default['wall_s']:.1f} s / "
+            f"goals ({args.variant}): (i)/(iii) = {naive_s / default['wall_s']:.1f}x by default, "
+            f"{naive_s / again['wall_s']:.1f}x with workers up (>= {speedup}x); whole MLP {default['wall_s']:.1f} s / "
             f"{again['wall_s']:.1f} s (< {seconds} s); inside HiGHS {default['share']:.0%} by default, "
             f"{again['share']:.0%} with workers up, {first['share']:.0%} while they start (>= {share}%)"
         )
@@ -526,8 +526,8 @@ def main_cnn(args: argparse.Namespace) -> None:
                 print(f"    (i) {name}: {seconds / m:.2f} s per unit, x {W.shape[0]} units")
             print(
                 f"  (i) cvxpy rebuilt per unit, extrapolated from {args.reference_units} per layer: {naive_s:.1f} s, "
-                f"of which {naive_highs_s:.1f} s inside HiGHS; (i) / lp_initialize = {naive_s / wall:.0f}x by "
-                f"default, {naive_s / wall_up:.0f}x with the workers up; objectives agree to {worst:.1e} (relative)"
+                f"of which {naive_highs_s:.1f} s inside HiGHS; (i) / lp_initialize = {naive_s / wall:.1f}x by "
+                f"default, {naive_s / wall_up:.1f}x with the workers up; objectives agree to {worst:.1e} (relative)"
             )
             effective = {**DEFAULTS, **options}
             general = not is_plain(effective["l1"], effective["anchor"], effective["target_active"])
@@ -535,8 +535,8 @@ def main_cnn(args: argparse.Namespace) -> None:
                 torch.manual_seed(args.seed)
                 print(forms(record_lps(cnn(), batch, n_jobs=1, **options)))
             print(
-                f"  goals: whole CNN {wall:.2f} s (< 10 s), {naive_s / wall:.0f}x (i) by default, "
-                f"{naive_s / wall_up:.0f}x with the workers up (>= 20x)"
+                f"  goals: whole CNN {wall:.2f} s (< 10 s), {naive_s / wall:.1f}x (i) by default, "
+                f"{naive_s / wall_up:.1f}x with the workers up (>= 20x)"
             )
             result.update(naive_cvxpy_s=naive_s, max_objective_difference=worst)
         record[variant] = result

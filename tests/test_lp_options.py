@@ -281,19 +281,20 @@ def test_csr_rows_are_scipys_rows():
 
 
 def test_each_layer_gets_its_form():
-    """Target LPs without the anchor go to working rows (unless started from
-    the previous unit's basis), as the dual on tall layers of few weights; the
-    others to the dual on tall layers, the LP itself on wide ones."""
+    """LPs go to the dual on tall layers, the LP itself on wide ones. Target
+    LPs without the anchor (unless started from the previous unit's basis) go
+    to the dual's working rows on tall layers of few weights, and to the LP's
+    working rows on wide layers."""
     from lpinit.lp.highs import GeneralLPs
 
     l1, target = Formulation(5, 0.3, 0.2, 0.2, l1=0.1), Formulation(5, 0.3, 0.2, 0.2, target_active=0.5)
     anchored = replace(target, anchor=True)
     # 6 columns (5 weights and the bias): the dual from 24 rows, or 15 with targets
     cases = [(l1, 30, 5, False, "dual"), (l1, 23, 5, False, "lp"), (l1, 12, 20, False, "lp")]
-    shapes = [(24, 5, "dual_rows"), (23, 5, "rows"), (12, 20, "rows")]
+    shapes = [(24, 5, "dual_rows"), (23, 5, "dual"), (15, 5, "dual"), (14, 5, "rows"), (12, 20, "rows")]
     cases += [(target, n, d_in, False, form) for n, d_in, form in shapes]
-    many = Formulation(300, 0.3, 0.2, 0.2, target_active=0.5)  # 301 weights: tall, but too many for the dual's rows
-    cases += [(many, 1204, 300, False, "rows")]
+    many = Formulation(300, 0.3, 0.2, 0.2, target_active=0.5)  # 301 weights: too many for the dual's working rows
+    cases += [(many, 1204, 300, False, "dual")]
     cases += [(target, 15, 5, True, "dual"), (target, 14, 5, True, "lp"), (anchored, 15, 5, False, "dual")]
     cases += [(anchored, 14, 5, False, "lp")]
     for f, n, d_in, hot_start, form in cases:

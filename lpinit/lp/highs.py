@@ -510,8 +510,9 @@ DUAL_ROWS_LAYER = (4.0, 256)
 """(samples per weight, weights): a target LP's working rows go to HiGHS as
 the dual (``"dual_rows"``) on layers with at least that many samples per
 weight and at most that many weights, as a Conv2d's (measured, README
-benchmarks: faster there; slower on the seed MLP's wide layers and on its
-layers of 320 and more weights at batch 2048)."""
+benchmarks: faster there than both whole forms and the LP's working rows;
+slower on the seed MLP's wide layers, and on its tall layers of 320 and more
+weights, where the whole dual is fastest)."""
 
 FORMS = ("lp", "dual", "rows", "dual_rows")
 """How a unit's general LP goes to HiGHS: the LP itself, built once per layer
@@ -555,27 +556,32 @@ class GeneralLPs:
         form: str | None = None,
         active: np.ndarray | None = None,
     ) -> GeneralLPs:
-        """``form=None``: working rows for activity targets without the anchor
-        (unless ``hot_start``), as the dual (``"dual_rows"``) on layers of
-        ``DUAL_ROWS_LAYER`` and as the LP itself (``"rows"``) on the others;
-        else ``"dual"`` on tall layers, whose simplex basis it shrinks to the
-        weights: at least 4 samples per weight left (a Conv2d's), or 2.5 with
-        activity targets; else ``"lp"``. (Measured, README benchmarks: on
-        target LPs the working rows beat both whole forms on every layer of
-        the CNN and on the seed MLP at batch 256 to 1024, and trail the whole
-        dual at batch 2048; from its start the LP itself is faster on the seed
-        MLP's anchored LPs at 2.6 samples per weight.) ``active``: the rows to
-        be active, by default ``formulation.active_rows``."""
+        """``form=None``: ``"dual"`` on tall layers, whose simplex basis it
+        shrinks to the weights: at least 4 samples per weight left (a
+        Conv2d's), or 2.5 with activity targets; else ``"lp"``. Activity
+        targets without the anchor (unless ``hot_start``) go to working rows
+        instead: as the dual (``"dual_rows"``) on layers of
+        ``DUAL_ROWS_LAYER``, the whole dual on the other tall layers, and as
+        the LP itself (``"rows"``) on the rest. (Measured, README benchmarks:
+        on the CNN and on the seed MLP at batch 256 to 2048, every layer's
+        form is the fastest of the four or within 6% of it, except the seed
+        MLP's logits, where the whole dual is faster by at most 0.14 s; from
+        its start the LP itself is faster on the seed MLP's anchored LPs at
+        2.6 samples per weight.)
+        ``active``: the rows to be active, by default
+        ``formulation.active_rows``."""
         used = np.asarray((H != 0).any(axis=0))
         S, c = split_constant(H[:, used])
         if form is None:
             samples, weights = H.shape[0], int(used.sum()) + 1
             targets = formulation.target_active is not None
+            per_weight, most_weights = DUAL_ROWS_LAYER
+            tall = samples >= (TALL_TARGET_LAYER if targets else 4) * weights
             if targets and not formulation.anchor and not hot_start:
-                per_weight, most_weights = DUAL_ROWS_LAYER
-                form = "dual_rows" if samples >= per_weight * weights and weights <= most_weights else "rows"
+                few = samples >= per_weight * weights and weights <= most_weights
+                form = "dual_rows" if few else "dual" if tall else "rows"
             else:
-                form = "dual" if samples >= (TALL_TARGET_LAYER if targets else 4) * weights else "lp"
+                form = "dual" if tall else "lp"
         if form not in forms_of(formulation):
             raise ValueError(
                 f"form must be one of {FORMS} (working rows {WORKING_ROWS} without the anchor), got {form!r}"
