@@ -602,3 +602,7 @@ def test_top_rows_keeps_identical_rows_together_by_their_majority():
     assert top_rows(Z, 0.5, H)[:, 0].tolist() == [True, True, True, True, False, False]
     Z2 = np.array([[5.0], [-4.0], [-1.0], [3.0], [2.0], [1.0]])  # one of three on top: all inactive
     assert top_rows(Z2, 0.5, H)[:, 0].tolist() == [False, False, False, True, True, False]
+    H[1, 0] = -0.0  # the same value as 0.0: still one input row of three
+    assert top_rows(Z2, 0.5, H)[:, 0].tolist() == [False, False, False, True, True, False]
+    H3 = np.c_[H, [7.0, 7.0, 7.0, 1.0, 1.0, 1.0]]  # rows 3-5 differ in the first column only
+    assert top_rows(Z, 0.5, H3)[:, 0].tolist() == [True, True, True, True, False, False]

@@ -407,7 +407,9 @@ def identical_rows_together(active: np.ndarray, H: np.ndarray) -> np.ndarray:
     n = H.shape[0]
     if n < 2:
         return active
-    _, group = np.unique(H, axis=0, return_inverse=True)
+    # each row as one opaque value, so that np.unique sorts n values rather than rows; + 0.0 makes -0.0 into 0.0
+    rows = np.ascontiguousarray(H + 0.0)
+    _, group = np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))), return_inverse=True)
     group = group.reshape(-1)
     size = np.bincount(group)
     repeated = size[group] > 1
