@@ -242,7 +242,7 @@ def _adjust_layer(
     if rescale is not None:
         factors = rescale_factors(Z_start, adjusted, rescale)
         W_new, b_new = W_new * factors[:, None], b_new * factors
-        Z_new = rows.preactivations(W_new, b_new)
+        Z_new = adjusted * factors  # (c W) x + c b = c (W x + b): no pass over the rows again
     _check_finite_result(W_new, b_new, Z_new, weight.dtype, name, caller)
 
     change = math.sqrt(((W_new - W) ** 2).sum() + ((b_new - b) ** 2).sum())
