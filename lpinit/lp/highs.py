@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -860,6 +860,37 @@ class _GeneralModel:
         return d, e, duals[: self.n], mu
 
 
+@dataclass(frozen=True)
+class _DualRows:
+    """The rows of a general LP's dual (``_DualModel``, ``_DualWorkingRowsModel``):
+    one per change variable the box leaves free (``keep``, of the weights and
+    then the bias), with its bound ``u_k`` and cost ``c_k``; and on them, each
+    sample's column ``y_i`` and the shift's column ``T``."""
+
+    p: int  # weights
+    has_e: bool
+    keep: np.ndarray  # the change variables with a row
+    bound: np.ndarray  # (len(keep),) u_k
+    cost: np.ndarray  # (len(keep),) c_k
+    y_columns: sp.csc_matrix  # (n, len(keep)): row i holds y_i's entries, S_i (and 1 on the bias's row)
+    t_entries: np.ndarray  # (len(keep),) T's entries, c (and 0 on the bias's row)
+
+    @classmethod
+    def of(cls, f: Formulation, S: sp.csr_matrix, c: np.ndarray) -> _DualRows:
+        (n, p), has_e = S.shape, bool(f.bias_bound > 0)
+        bound = np.r_[np.full(p, f.weight_bound), [f.bias_bound] * has_e]
+        cost = np.r_[np.full(p, f.weight_cost()), [f.bias_cost()] * has_e]
+        keep = np.flatnonzero(bound > 0)  # a variable the box fixes at 0 puts no limit on (H^T y)_k: no row
+        y_columns = sp.hstack([S, np.ones((n, 1))], format="csc")[:, keep] if has_e else S.tocsc()[:, keep]
+        return cls(p, has_e, keep, bound[keep], cost[keep], y_columns, np.r_[c, [0.0] * has_e][keep])
+
+    def change(self, row_dual: Sequence[float]) -> tuple[np.ndarray, float]:
+        """The LP's change ``d, e``: minus the duals of these rows (HiGHS's first rows)."""
+        change = np.zeros(self.p + self.has_e)
+        change[self.keep] = -np.asarray(row_dual)[: len(self.keep)]
+        return change[: self.p], float(change[self.p]) if self.has_e else 0.0
+
+
 class _DualModel:
     """A HiGHS instance holding the dual of a layer's general LP, built once.
 
@@ -886,17 +917,13 @@ class _DualModel:
         self.dense_H = S.toarray() + c
         self.has_e = bool(f.bias_bound > 0)
         shifted = bool(c.any())
-        bound = np.r_[np.full(p, f.weight_bound), [f.bias_bound] * self.has_e]
-        cost = np.r_[np.full(p, f.weight_cost()), [f.bias_cost()] * self.has_e]
-        free = bound > 0  # a weight the box fixes at 0 puts no limit on v_k: no row
-        keep = np.flatnonzero(free)
-        y_block = sp.vstack([S.T.tocsr(), sp.csr_matrix(np.ones((1, n)))]) if self.has_e else S.T.tocsr()
-        y_block = y_block[keep]
+        self.dual_rows = rows = _DualRows.of(f, S, c)
+        keep = rows.keep
         eye = sp.identity(len(keep), format="csr")
-        with_w0 = bool((cost[keep] > 0).any())
-        blocks = [y_block, *([-eye] if with_w0 else []), -eye, eye]
+        with_w0 = bool((rows.cost > 0).any())
+        blocks = [rows.y_columns.T.tocsr(), *([-eye] if with_w0 else []), -eye, eye]
         if shifted:
-            blocks.append(sp.csr_matrix(np.r_[c, [0.0] * self.has_e][keep].reshape(-1, 1)))
+            blocks.append(sp.csr_matrix(rows.t_entries.reshape(-1, 1)))
         if f.anchor:
             hbar = np.r_[self.dense_H.mean(axis=0), [1.0] * self.has_e][keep]
             blocks.append(sp.csr_matrix(hbar.reshape(-1, 1)))
@@ -911,14 +938,13 @@ class _DualModel:
         lower, upper, objective = np.zeros(A.shape[1]), np.zeros(A.shape[1]), np.zeros(A.shape[1])
         at = n
         if with_w0:
-            lower[at : at + len(keep)], upper[at : at + len(keep)] = -cost[keep], cost[keep]
+            lower[at : at + len(keep)], upper[at : at + len(keep)] = -rows.cost, rows.cost
             at += len(keep)
         for _ in range(2):  # w+ and w-
-            upper[at : at + len(keep)], objective[at : at + len(keep)] = inf, bound[keep]
+            upper[at : at + len(keep)], objective[at : at + len(keep)] = inf, rows.bound
             at += len(keep)
         lower[at:], upper[at:] = -inf, inf  # T and mu
         self.mu_column = A.shape[1] - 1 if f.anchor else None
-        self.keep = keep
         self.highs = _pass_model(A, objective, lower, upper, np.zeros(A.shape[0]), np.zeros(A.shape[0]), threads)
         # measured (README, benchmarks): HiGHS's scaling costs this LP iterations
         self.highs.setOptionValue("simplex_scale_strategy", 0)
@@ -939,11 +965,10 @@ class _DualModel:
 
     def read(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float, np.ndarray, float]:
         """The LP's change ``d, e`` (minus the duals of the rows), ``y`` and ``mu``."""
-        change = np.zeros(self.p + self.has_e)
-        change[self.keep] = -np.asarray(answer.row_dual)[: len(self.keep)]
+        d, e = self.dual_rows.change(answer.row_dual)
         values = np.asarray(answer.col_value)
         mu = float(values[self.mu_column]) if self.mu_column is not None else 0.0
-        return change[: self.p], float(change[self.p]) if self.has_e else 0.0, values[: self.n], mu
+        return d, e, values[: self.n], mu
 
 
 _ModelArrays = tuple[sp.csc_matrix, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -1096,19 +1121,17 @@ class _DualWorkingRowsModel(_WorkingRowsModel):
     """
 
     def _build(self, S: sp.csr_matrix, c: np.ndarray) -> _ModelArrays:
-        f, (n, p) = self.formulation, S.shape
+        n = S.shape[0]
         inf = highspy.kHighsInf
-        bound = np.r_[np.full(p, f.weight_bound), [f.bias_bound] * self.has_e]
-        cost = np.r_[np.full(p, f.weight_cost()), [f.bias_cost()] * self.has_e]
-        self.keep = keep = np.flatnonzero(bound > 0)  # a weight the box fixes at 0 puts no limit on (H^T y)_k
-        q, shifted = len(keep), bool(c.any())
+        self.dual_rows = rows = _DualRows.of(self.formulation, S, c)
+        q, shifted = len(rows.keep), bool(c.any())
         eye = sp.identity(q, format="csc")
         A = sp.hstack([-eye, eye], format="csc")  # w+, w-
-        col_cost, col_lower, col_upper = np.r_[bound[keep], bound[keep]], np.zeros(2 * q), np.full(2 * q, inf)
-        row_lower, row_upper = -cost[keep], cost[keep]
-        y_columns = sp.hstack([S, np.ones((n, 1))], format="csc")[:, keep] if self.has_e else S[:, keep]
+        col_cost, col_lower, col_upper = np.r_[rows.bound, rows.bound], np.zeros(2 * q), np.full(2 * q, inf)
+        row_lower, row_upper = -rows.cost, rows.cost
+        y_columns = rows.y_columns
         if shifted:  # (H^T y)_k = (S^T y)_k + c_k T, with T = sum_i y_i: a free column and a row of their own
-            T = sp.csc_matrix(np.r_[np.r_[c, [0.0] * self.has_e][keep], 1.0].reshape(-1, 1))
+            T = sp.csc_matrix(np.r_[rows.t_entries, 1.0].reshape(-1, 1))
             A = sp.hstack([sp.vstack([A, sp.csc_matrix((1, 2 * q))]), T], format="csc")
             col_cost, col_lower, col_upper = np.r_[col_cost, 0.0], np.r_[col_lower, -inf], np.r_[col_upper, inf]
             row_lower, row_upper = np.r_[row_lower, 0.0], np.r_[row_upper, 0.0]
@@ -1122,7 +1145,7 @@ class _DualWorkingRowsModel(_WorkingRowsModel):
         self.highs.setOptionValue("simplex_strategy", _PRIMAL_SIMPLEX)
 
     def _iteration_cap(self) -> int:
-        return iteration_cap(len(self.rows) + len(self.keep))
+        return iteration_cap(len(self.rows) + len(self.dual_rows.keep))
 
     def _add(self, new: np.ndarray, lower: np.ndarray, upper: np.ndarray, active: np.ndarray) -> None:
         """Add the columns ``y_i`` of the rows ``new``: cost ``-side_i`` (HiGHS
@@ -1144,9 +1167,7 @@ class _DualWorkingRowsModel(_WorkingRowsModel):
         self.rows = np.r_[self.rows, new]
 
     def change(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float]:
-        change = np.zeros(self.p + self.has_e)
-        change[self.keep] = -np.asarray(answer.row_dual)[: len(self.keep)]
-        return change[: self.p], float(change[self.p]) if self.has_e else 0.0
+        return self.dual_rows.change(answer.row_dual)
 
     def read(self, answer: highspy.HighsSolution) -> tuple[np.ndarray, float, np.ndarray, float]:
         """The change ``d, e`` and the multipliers ``y`` (0 on the rows left out)."""
