@@ -108,6 +108,23 @@ def test_every_option_matches_linprog_in_both_solvers(name, relu_input):
         np.testing.assert_allclose(achieved, solution.objective, rtol=1e-9, atol=1e-12)
 
 
+def force_form(monkeypatch, form: str) -> list:
+    """Make ``solve_layer`` hand every general LP to HiGHS in ``form``;
+    returns the list that each ``GeneralLPs`` built is appended to."""
+    import lpinit.lp.highs
+    import lpinit.lp.solve
+
+    original = lpinit.lp.highs.GeneralLPs.from_layer
+    built: list = []
+
+    def forced(H, Z, formulation, hot_start, form_asked=None, active=None):
+        built.append(original(H, Z, formulation, hot_start, form=form, active=active))
+        return built[-1]
+
+    monkeypatch.setattr(lpinit.lp.solve.GeneralLPs, "from_layer", forced)
+    return built
+
+
 FORMS_OF_OPTIONS = [
     (name, form) for name in OPTIONS for form in FORMS if not (form in WORKING_ROWS and "anchor" in name)
 ]
@@ -120,9 +137,6 @@ def test_every_form_matches_linprog(name, form, case, monkeypatch):
     """The fast path solves a unit's general LP as written, as its dual, or
     on working rows (row generation) as written or as its dual; every form,
     on any shape, gives linprog's optimum."""
-    import lpinit.lp.highs
-    import lpinit.lp.solve
-
     options = OPTIONS[name]
     n, d_in = (12, 20) if case == "wide" else (30, 5)
     H, W, b = small_layer(2, relu_input=False, n=n, d_in=d_in)
@@ -132,15 +146,7 @@ def test_every_form_matches_linprog(name, form, case, monkeypatch):
     f = Formulation(
         d_in, 0.3, bias_bound, 0.2, options.get("l1", 0.0), options.get("anchor", False), options.get("target_active")
     )
-    built = []
-    original = lpinit.lp.highs.GeneralLPs.from_layer
-
-    def forced(H, Z, formulation, hot_start, form=None, active=None):
-        built.append(original(H, Z, formulation, hot_start, form=forced_form, active=active))
-        return built[-1]
-
-    forced_form = form
-    monkeypatch.setattr(lpinit.lp.solve.GeneralLPs, "from_layer", forced)
+    built = force_form(monkeypatch, form)
     solution = solve_layer(H, W, b, weight_bound=0.3, bias_bound=bias_bound, margin=0.2, n_jobs=1, **options)
     assert [lps.form for lps in built] == [form]
     assert built[0].c.any() == (case == "shifted")
@@ -164,8 +170,6 @@ def test_working_rows_add_rows_until_none_left_out_misses(form, name, case, monk
     """Row generation from a working set of 3 rows, on the LP itself or its
     dual: several rounds per unit, every row added at most once, and
     linprog's optimum on the whole LP."""
-    import lpinit.lp.highs
-    import lpinit.lp.solve
     from lpinit.lp.highs import _MODELS, GeneralLPs, _WorkingRowsModel
 
     model_class = _MODELS[form]
@@ -200,13 +204,7 @@ def test_working_rows_add_rows_until_none_left_out_misses(form, name, case, monk
         sizes.append(len(every))
     assert max(rounds) >= 2  # rows were generated
     assert min(sizes) < n  # and some unit's LP was solved on part of its rows
-    original = lpinit.lp.highs.GeneralLPs.from_layer
-    monkeypatch.setattr(
-        lpinit.lp.solve.GeneralLPs,
-        "from_layer",
-        lambda H, Z, f, hot_start, form=None, active=None: original(H, Z, f, hot_start, forced, active),
-    )
-    forced = form
+    force_form(monkeypatch, form)
     solution = solve_layer(H, W, b, weight_bound=0.3, bias_bound=bias_bound, margin=0.2, n_jobs=1, **options)
     assert solution.status_counts() == {"optimal": len(W)}
     assert solution.resolves == 0  # every answer passed the duality check as it came
@@ -217,16 +215,7 @@ def test_working_rows_add_rows_until_none_left_out_misses(form, name, case, monk
 def test_a_time_limit_keeps_the_weights_in_every_form(form, monkeypatch):
     """time_limit_s=0: every unit of a target LP stops at its first run, in
     any form, and keeps its weights."""
-    import lpinit.lp.highs
-    import lpinit.lp.solve
-
-    original = lpinit.lp.highs.GeneralLPs.from_layer
-    monkeypatch.setattr(
-        lpinit.lp.solve.GeneralLPs,
-        "from_layer",
-        lambda H, Z, f, hot_start, form=None, active=None: original(H, Z, f, hot_start, forced, active),
-    )
-    forced = form
+    force_form(monkeypatch, form)
     H, W, b = small_layer(3, relu_input=False, n=60, d_in=5, k=4)
     solution = solve_layer(
         H, W, b, weight_bound=0.3, bias_bound=0.2, margin=0.2, n_jobs=1, target_active=0.5, time_limit_s=0.0
